@@ -1,0 +1,3 @@
+from calctra_agent.cli import main
+
+main()

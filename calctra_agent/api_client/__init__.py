@@ -1,0 +1,3 @@
+"""A client for the Calctra API."""
+
+__all__: list[str] = []

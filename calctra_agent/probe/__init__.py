@@ -1,0 +1,3 @@
+"""Probing the machine: CPU, memory, storage, NVIDIA GPUs and the container engine."""
+
+__all__: list[str] = []

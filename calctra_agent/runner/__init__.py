@@ -1,0 +1,3 @@
+"""Running jobs in isolated containers."""
+
+__all__: list[str] = []

@@ -1,0 +1,99 @@
+"""The reference server's FastAPI application."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, FastAPI
+
+from calctra_agent import __version__
+from calctra_agent.server_stub._context import ServerContext
+from calctra_agent.server_stub._db import Database
+from calctra_agent.server_stub._errors import install_error_handlers
+from calctra_agent.server_stub._jobs import match_waiting_jobs
+from calctra_agent.server_stub._ratelimit import RateLimiter, RateLimitMiddleware
+from calctra_agent.server_stub._security import TokenSigner, load_or_create_secret
+from calctra_agent.server_stub._settings import ServerSettings
+from calctra_agent.server_stub._webhooks import OutboxWorker
+from calctra_agent.server_stub.routes import auth, data, jobs, resources, tokens, users, webhooks
+from calctra_agent.wire import ErrorEnvelope
+
+logger = logging.getLogger(__name__)
+
+_ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorEnvelope, "description": description}
+    for code, description in [
+        (400, "VALIDATION_ERROR"),
+        (401, "AUTHENTICATION_REQUIRED"),
+        (403, "PERMISSION_DENIED"),
+        (404, "RESOURCE_NOT_FOUND"),
+        (429, "RATE_LIMIT_EXCEEDED"),
+        (500, "INTERNAL_ERROR"),
+    ]
+}
+
+
+def create_app(settings: ServerSettings) -> FastAPI:
+    """Build the application; its database and background workers start with its lifespan."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.uploads_dir.mkdir(exist_ok=True)
+    secret = load_or_create_secret(settings.data_dir / "jwt-secret")
+    signer = TokenSigner(secret, settings.token_ttl_s)
+    context = ServerContext(
+        settings=settings, db=Database(settings.effective_database_url), signer=signer
+    )
+
+    app = FastAPI(
+        title="Calctra API (reference server)",
+        version=__version__,
+        openapi_url="/v1/openapi.json",
+        docs_url="/v1/docs",
+        redoc_url=None,
+        lifespan=_lifespan,
+        responses=_ERROR_RESPONSES,
+    )
+    app.state.context = context
+    install_error_handlers(app)
+    api = APIRouter(prefix="/v1/api")
+    for module in (auth, users, resources, jobs, data, tokens, webhooks):
+        api.include_router(module.router)
+    app.include_router(api)
+    limiter = RateLimiter(settings.rate_limit, settings.rate_limit_window_s)
+    app.add_middleware(RateLimitMiddleware, limiter=limiter, signer=signer)
+    return app
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    context: ServerContext = app.state.context
+    context.outbox_wakeup = asyncio.Event()
+    worker = OutboxWorker(context)
+    tasks = [
+        asyncio.create_task(worker.run(), name="webhook-outbox"),
+        asyncio.create_task(_run_matcher(context), name="matcher"),
+    ]
+    logger.info("background workers started")
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await worker.close()
+        context.db.dispose()
+        logger.info("background workers stopped")
+
+
+async def _run_matcher(context: ServerContext) -> None:
+    while True:
+        await asyncio.sleep(context.settings.matcher_interval_s)
+        try:
+            with context.db.transaction() as session:
+                changed = match_waiting_jobs(session, context.settings.matches_per_job)
+            if changed:
+                context.outbox_wakeup.set()
+        except Exception:
+            logger.exception("matcher pass failed; retrying at the next interval")

@@ -1,0 +1,78 @@
+"""Matching jobs to resources, and availability windows."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from calctra_agent.server_stub._db import Job, Resource, to_micro
+
+_CANDIDATE_BATCH = 200
+_MAX_CANDIDATES = 2000
+
+
+def window_open(availability: dict[str, Any] | None, at: datetime) -> bool:
+    """Whether a resource's availability admits the instant `at` (timezone-aware).
+
+    The schedule's days are ISO weekdays in the resource's timezone. A window that wraps
+    midnight (startHour 18, endHour 8) belongs to the day it starts on: Friday 18 to 8 covers
+    Friday evening and early Saturday. startHour == endHour is the whole day.
+    """
+    if not availability:
+        return True
+    schedule = availability["schedule"]
+    local = at.astimezone(ZoneInfo(availability.get("timezone") or "UTC"))
+    start, end, days = schedule["startHour"], schedule["endHour"], set(schedule["days"])
+    if start == end:
+        return local.isoweekday() in days
+    if start < end:
+        return local.isoweekday() in days and start <= local.hour < end
+    if local.hour >= start:
+        return local.isoweekday() in days
+    if local.hour < end:
+        return (local - timedelta(days=1)).isoweekday() in days
+    return False
+
+
+def find_matches(session: Session, job: Job, at: datetime, limit: int) -> list[str]:
+    """Active resources that meet the job's requirements, whose price for the estimated hours
+    fits the budget and whose window is open now: best reputation first, then lowest price."""
+    req = job.requirements
+    hours = float(req["estimatedDurationHours"])
+    max_price = int(job.budget / hours) if hours > 0 else job.budget
+    query = (
+        select(Resource.id, Resource.availability)
+        .where(
+            Resource.active.is_(True),
+            Resource.cpu_cores >= req.get("minCpuCores", 1),
+            Resource.memory_gb >= req.get("minMemoryGb", 0),
+            Resource.storage_gb >= req.get("minStorageGb", 0),
+            Resource.price_per_hour <= max_price,
+        )
+        .order_by(Resource.reputation.desc(), Resource.price_per_hour.asc(), Resource.id)
+    )
+    if req.get("needsGpu"):
+        query = query.where(
+            Resource.has_gpu.is_(True),
+            Resource.gpu_memory_gb >= req.get("minGpuMemoryGb", 0),
+        )
+    if job.owner_id:
+        # Nobody is matched to their own job: they would pay themselves.
+        query = query.where(Resource.owner_id != job.owner_id)
+    matches: list[str] = []
+    offset = 0
+    while len(matches) < limit:
+        batch = session.execute(query.offset(offset).limit(_CANDIDATE_BATCH)).all()
+        matches += [rid for rid, avail in batch if window_open(avail, at)][: limit - len(matches)]
+        if len(batch) < _CANDIDATE_BATCH or offset >= _MAX_CANDIDATES:
+            break
+        offset += _CANDIDATE_BATCH
+    return matches
+
+
+def price_for(price_per_hour: float, hours: float) -> int:
+    return to_micro(price_per_hour * hours)

@@ -1,0 +1,43 @@
+"""The current user's profile."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from sqlalchemy import func, select
+
+from calctra_agent.server_stub._context import Context, UserId, load_user
+from calctra_agent.server_stub._db import Resource
+from calctra_agent.wire import Message, UpdateProfileRequest, UserProfile
+
+router = APIRouter(prefix="/users", tags=["users"])
+
+
+@router.get("/me", response_model=UserProfile)
+async def get_me(user_id: UserId, context: Context) -> UserProfile:
+    with context.db.transaction() as session:
+        user = load_user(session, user_id)
+        reputation = session.scalar(
+            select(
+                func.sum(Resource.reputation * Resource.rating_count)
+                / func.nullif(func.sum(Resource.rating_count), 0)
+            ).where(Resource.owner_id == user_id)
+        )
+    return UserProfile(
+        id=user.id,
+        email=user.email,
+        name=user.name,
+        wallet_address=user.wallet_address,
+        created_at=user.created_at,
+        reputation=round(reputation or 0.0, 2),
+    )
+
+
+@router.put("/me", response_model=Message)
+async def update_me(body: UpdateProfileRequest, user_id: UserId, context: Context) -> Message:
+    with context.db.transaction() as session:
+        user = load_user(session, user_id)
+        if body.name is not None:
+            user.name = body.name
+        if body.wallet_address is not None:
+            user.wallet_address = body.wallet_address
+    return Message(message="Profile updated successfully")
