@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -18,6 +19,13 @@ app = typer.Typer(
 )
 
 EXIT_USAGE = 2
+
+
+class LogLevel(StrEnum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
 
 
 def _version(value: bool) -> None:
@@ -55,13 +63,16 @@ def server(
     ] = 600,
     rate_limit_window: Annotated[int, typer.Option(min=1, help="Window in seconds.")] = 60,
     max_upload_mb: Annotated[int, typer.Option(min=1, help="Largest dataset upload.")] = 1024,
-    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+    log_level: Annotated[
+        LogLevel, typer.Option(case_sensitive=False, help="How much to log.")
+    ] = LogLevel.INFO,
+    access_log: Annotated[bool, typer.Option(help="Log one line per request.")] = True,
 ) -> None:
     """Run the Calctra reference server."""
     from calctra_agent._logging import configure_logging
     from calctra_agent.server_stub import ServerSettings, serve
 
-    configure_logging(log_level)
+    configure_logging(log_level.value)
     settings = ServerSettings(
         data_dir=data_dir.resolve(),
         database_url=database_url,
@@ -71,7 +82,7 @@ def server(
         rate_limit_window_s=rate_limit_window,
         max_upload_bytes=max_upload_mb * 1024 * 1024,
     )
-    serve(settings, host, port)
+    serve(settings, host, port, access_log=access_log)
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ database.
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 from zoneinfo import available_timezones
@@ -301,8 +301,15 @@ class JobRequest(RequestModel):
     @field_validator("deadline")
     @classmethod
     def _aware_deadline(cls, deadline: datetime | None) -> datetime | None:
-        if deadline is not None and deadline.tzinfo is None:
+        if deadline is None:
+            return None
+        if deadline.tzinfo is None:
             raise ValueError("must carry a time zone, e.g. 2030-03-01T00:00:00Z")
+        try:
+            # Stored in UTC: 9999-12-31T23:00:00-05:00 is past the last representable year.
+            deadline.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("is out of range once converted to UTC") from None
         return deadline
 
 

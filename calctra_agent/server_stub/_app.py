@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter, FastAPI
+from fastapi_offline import FastAPIOffline
 
 from calctra_agent import __version__
 from calctra_agent.server_stub._context import ServerContext
@@ -46,12 +48,14 @@ def create_app(settings: ServerSettings) -> FastAPI:
         settings=settings, db=Database(settings.effective_database_url), signer=signer
     )
 
-    app = FastAPI(
+    # The docs page's scripts are served by the server itself, so it works offline.
+    app = FastAPIOffline(
         title="Calctra API (reference server)",
         version=__version__,
         openapi_url="/v1/openapi.json",
         docs_url="/v1/docs",
         redoc_url=None,
+        static_url="/v1/docs-static",
         lifespan=_lifespan,
         responses=_ERROR_RESPONSES,
     )
@@ -61,9 +65,27 @@ def create_app(settings: ServerSettings) -> FastAPI:
     for module in (auth, users, resources, jobs, data, tokens, webhooks):
         api.include_router(module.router)
     app.include_router(api)
+    _document_400_not_422(app)
     limiter = RateLimiter(settings.rate_limit, settings.rate_limit_window_s)
     app.add_middleware(RateLimitMiddleware, limiter=limiter, signer=signer)
     return app
+
+
+def _document_400_not_422(app: FastAPI) -> None:
+    """FastAPI documents a 422 for every endpoint that validates input, but this server answers
+    a bad request 400 in the error envelope (see _errors.py): drop the 422s from the schema."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                operation.get("responses", {}).pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(name, None)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 @contextlib.asynccontextmanager

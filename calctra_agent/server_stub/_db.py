@@ -119,12 +119,18 @@ class LedgerTransaction(Base):
     completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
+_FILTERED = ("cpu_cores", "memory_gb", "storage_gb", "type")
+
+
 class Resource(Base):
     __tablename__ = "resources"
+    # The listing indexes hold every column that GET /resources filters on, after its order
+    # (price, id): the total is counted from an index alone and a page is walked in order, so
+    # only the rows on the page are read from the table. Reading a row per filtered resource
+    # made one count over 100,000 resources take 50 ms and more.
     __table_args__ = (
-        Index("ix_resources_listing", "active", "price_per_hour"),
-        Index("ix_resources_cpu", "active", "cpu_cores"),
-        Index("ix_resources_gpu", "active", "has_gpu", "price_per_hour"),
+        Index("ix_resources_listing", "active", "price_per_hour", "id", "has_gpu", *_FILTERED),
+        Index("ix_resources_gpu", "active", "has_gpu", "price_per_hour", "id", *_FILTERED),
         Index("ix_resources_match", "active", "reputation", "price_per_hour"),
     )
 

@@ -95,7 +95,12 @@ async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     if exc.status_code == 404:
         return error_response(ErrorCode.RESOURCE_NOT_FOUND, "no such endpoint")
     if exc.status_code == 405:
-        return error_response(ErrorCode.METHOD_NOT_ALLOWED, "method not allowed on this endpoint")
+        response = error_response(
+            ErrorCode.METHOD_NOT_ALLOWED, "method not allowed on this endpoint"
+        )
+        # RFC 9110 requires a 405 to name the methods that the endpoint does allow.
+        response.headers.update(exc.headers or {})
+        return response
     if exc.status_code == 401:
         return error_response(ErrorCode.AUTHENTICATION_REQUIRED, str(exc.detail))
     code = ErrorCode.VALIDATION_ERROR if exc.status_code < 500 else ErrorCode.INTERNAL_ERROR

@@ -13,6 +13,7 @@ from calctra_agent.server_stub._db import Job, Resource, to_micro
 
 _CANDIDATE_BATCH = 200
 _MAX_CANDIDATES = 2000
+_MAX_PRICE = 2**63 - 1
 
 
 def window_open(availability: dict[str, Any] | None, at: datetime) -> bool:
@@ -43,7 +44,8 @@ def find_matches(session: Session, job: Job, at: datetime, limit: int) -> list[s
     fits the budget and whose window is open now: best reputation first, then lowest price."""
     req = job.requirements
     hours = float(req["estimatedDurationHours"])
-    max_price = int(job.budget / hours) if hours > 0 else job.budget
+    # Capped to a 64-bit integer: a tiny estimate (1e-12 hours) would overflow the column.
+    max_price = min(int(job.budget / hours) if hours > 0 else job.budget, _MAX_PRICE)
     query = (
         select(Resource.id, Resource.availability)
         .where(
@@ -56,10 +58,10 @@ def find_matches(session: Session, job: Job, at: datetime, limit: int) -> list[s
         .order_by(Resource.reputation.desc(), Resource.price_per_hour.asc(), Resource.id)
     )
     if req.get("needsGpu"):
-        query = query.where(
-            Resource.has_gpu.is_(True),
-            Resource.gpu_memory_gb >= req.get("minGpuMemoryGb", 0),
-        )
+        query = query.where(Resource.has_gpu.is_(True))
+        if req.get("minGpuMemoryGb"):
+            # A GPU whose memory its provider did not state (NULL) fits only jobs that name none.
+            query = query.where(Resource.gpu_memory_gb >= req["minGpuMemoryGb"])
     if job.owner_id:
         # Nobody is matched to their own job: they would pay themselves.
         query = query.where(Resource.owner_id != job.owner_id)

@@ -20,7 +20,7 @@ class Page:
         return (self.page - 1) * self.limit
 
 
-def page_params(
+async def page_params(  # a coroutine, so that FastAPI calls it on the event loop
     page: Annotated[int, Query(ge=1, le=1_000_000, description="Page number, from 1")] = 1,
     limit: Annotated[
         int, Query(ge=1, le=1_000_000, description=f"Items per page, capped at {MAX_PAGE_LIMIT}")

@@ -46,6 +46,7 @@ class _Receiver:
         self._header_field = bytearray()
         self._header_value = bytearray()
         self._headers: dict[str, bytes] = {}
+        self.complete = False
 
     def callbacks(self) -> dict[str, object]:
         return {
@@ -56,6 +57,7 @@ class _Receiver:
             "on_headers_finished": self._headers_finished,
             "on_part_data": self._part_data,
             "on_part_end": self._part_end,
+            "on_end": self._end,
         }
 
     def _part_begin(self) -> None:
@@ -113,6 +115,9 @@ class _Receiver:
                 f"form field {self._part.name!r} is not UTF-8 text", field=self._part.name
             ) from None
 
+    def _end(self) -> None:
+        self.complete = True
+
     def abort(self) -> None:
         if self._file is not None:
             self._file.close()
@@ -139,6 +144,10 @@ async def receive_upload(request: Request, temp_path: Path, max_bytes: int) -> U
         async for chunk in request.stream():
             parser.write(chunk)
         parser.finalize()
+        # python-multipart's finalize() does not check that the closing boundary arrived, and
+        # a body cut short would otherwise be kept as a truncated file.
+        if not receiver.complete:
+            raise validation_error("the multipart body ends before its closing boundary")
     except ApiError:
         receiver.abort()
         raise

@@ -15,6 +15,7 @@ import logging
 import random
 import socket
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from urllib.parse import urlsplit
 
@@ -26,7 +27,7 @@ from calctra_agent.server_stub._db import Webhook, WebhookDelivery, utcnow
 
 logger = logging.getLogger(__name__)
 
-_BATCH = 20
+_MAX_IN_FLIGHT = 50
 
 
 class UnsafeTarget(ValueError):
@@ -66,11 +67,28 @@ def check_target(url: str, allow_private: bool) -> None:
     if allow_private:
         return
     for address in _resolve(parts.hostname, port):
-        if not address.is_global or address.is_multicast:
+        if not _is_public(address):
             raise UnsafeTarget(
                 f"resolves to {address}, a loopback, private or link-local address; "
                 "webhooks must reach a public host"
             )
+
+
+def _is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if not address.is_global or address.is_multicast:
+        return False
+    if isinstance(address, ipaddress.IPv6Address):
+        # IPv6 forms that carry an IPv4 address reach that address: judge it instead.
+        embedded = [address.ipv4_mapped, address.sixtofour]
+        if address.teredo:
+            embedded.append(address.teredo[1])
+        if address in _NAT64:
+            embedded.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+        return all(_is_public(inner) for inner in embedded if inner is not None)
+    return True
+
+
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 
 def _resolve(host: str, port: int | None) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
@@ -85,10 +103,22 @@ def _resolve(host: str, port: int | None) -> list[ipaddress.IPv4Address | ipaddr
     return [ipaddress.ip_address(info[4][0]) for info in infos]
 
 
+@dataclass(frozen=True)
+class _Attempt:
+    delivery_id: str
+    event: str
+    payload: str
+    attempts: int
+    url: str
+    secret: str
+
+
 class OutboxWorker:
     """Delivers queued events, oldest due first, retrying with exponential backoff and jitter.
-    Each delivery's outcome is written back before the next batch, so a restart resumes where
-    the worker stopped and loses nothing."""
+
+    Each delivery runs on its own, so a slow receiver holds up only its own deliveries, and
+    records its outcome as soon as it has one: a restart resumes the queue and loses nothing.
+    """
 
     def __init__(self, context: ServerContext) -> None:
         self.context = context
@@ -96,23 +126,25 @@ class OutboxWorker:
         self._client = httpx.AsyncClient(
             timeout=self.settings.webhook_timeout_s, follow_redirects=False
         )
+        self._in_flight: dict[str, asyncio.Task[None]] = {}
 
     async def run(self) -> None:
         while True:
-            try:
-                sent = await self.deliver_due()
-            except Exception:
-                logger.exception("webhook delivery pass failed; retrying")
-                sent = 0
-            if sent == _BATCH:
-                continue
             self.context.outbox_wakeup.clear()
+            try:
+                self.start_due()
+            except Exception:
+                logger.exception("webhook outbox pass failed; retrying")
             try:
                 await asyncio.wait_for(self.context.outbox_wakeup.wait(), timeout=1.0)
             except TimeoutError:
                 pass
 
-    async def deliver_due(self) -> int:
+    def start_due(self) -> int:
+        """Start a delivery task for each due delivery not already in flight."""
+        room = _MAX_IN_FLIGHT - len(self._in_flight)
+        if room <= 0:
+            return 0
         with self.context.db.transaction() as session:
             rows = session.execute(
                 select(WebhookDelivery, Webhook)
@@ -120,26 +152,37 @@ class OutboxWorker:
                 .where(
                     WebhookDelivery.status == "PENDING",
                     WebhookDelivery.next_attempt_at <= utcnow(),
+                    WebhookDelivery.id.not_in(list(self._in_flight)),
                 )
                 .order_by(WebhookDelivery.next_attempt_at)
-                .limit(_BATCH)
+                .limit(room)
             ).all()
-            work = [(d.id, d.event, d.payload, d.attempts, h.url, h.secret) for d, h in rows]
-        outcomes = await asyncio.gather(*(self._send(*item[1:3], *item[4:]) for item in work))
-        with self.context.db.transaction() as session:
-            for (delivery_id, _event, _payload, attempts, *_), error in zip(
-                work, outcomes, strict=True
-            ):
-                delivery = session.get(WebhookDelivery, delivery_id)
+            attempts = [
+                _Attempt(d.id, d.event, d.payload, d.attempts, h.url, h.secret) for d, h in rows
+            ]
+        for attempt in attempts:
+            task = asyncio.create_task(self._deliver(attempt))
+            self._in_flight[attempt.delivery_id] = task
+        return len(attempts)
+
+    async def _deliver(self, attempt: _Attempt) -> None:
+        try:
+            error = await self._send(attempt.event, attempt.payload, attempt.url, attempt.secret)
+            with self.context.db.transaction() as session:
+                delivery = session.get(WebhookDelivery, attempt.delivery_id)
                 if delivery is not None:
-                    self._record(delivery, attempts + 1, error)
-        return len(work)
+                    self._record(delivery, attempt.attempts + 1, error)
+        except Exception:
+            logger.exception("webhook delivery failed delivery_id=%s", attempt.delivery_id)
+        finally:
+            self._in_flight.pop(attempt.delivery_id, None)
 
     async def _send(self, event: str, payload: str, url: str, secret: str) -> str | None:
         """POST one delivery; returns None on a 2xx answer, else what went wrong."""
         body = payload.encode()
         try:
-            check_target(url, self.settings.allow_private_webhooks)
+            # Checked again at each delivery: the host's addresses may have changed.
+            await asyncio.to_thread(check_target, url, self.settings.allow_private_webhooks)
             response = await self._client.post(
                 url,
                 content=body,
@@ -187,4 +230,7 @@ class OutboxWorker:
         )
 
     async def close(self) -> None:
+        for task in list(self._in_flight.values()):
+            task.cancel()
+        await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
         await self._client.aclose()
