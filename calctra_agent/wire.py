@@ -483,3 +483,195 @@ class Webhook(ResponseModel):
 
 class WebhookList(ResponseModel):
     webhooks: list[Webhook]
+
+
+# The provider's side: agent tokens, heartbeats, offers, reports and claims
+
+
+AGENT_TOKEN_PREFIX = "cat_"
+"""Agent tokens start with this, so the server tells them from user JWTs at a glance."""
+
+
+class AgentTokenRequest(RequestModel):
+    resource_id: Annotated[str, Field(strict=True, min_length=1, max_length=64)]
+    name: Annotated[str, Field(strict=True, min_length=1, max_length=200)] = "calctra-agent"
+
+
+class AgentTokenCreated(ResponseModel):
+    token_id: str
+    token: str
+    resource_id: str
+    created_at: datetime
+
+
+class AgentToken(ResponseModel):
+    id: str
+    resource_id: str
+    name: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked: bool
+
+
+class AgentTokenList(ResponseModel):
+    tokens: list[AgentToken]
+
+
+Percent = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0, le=100)]
+
+
+class GpuUtilization(WireModel):
+    model_config = ConfigDict(extra="forbid")
+
+    uuid: Annotated[str, Field(strict=True, max_length=128)]
+    utilization_percent: Percent | None = None
+    memory_used_gb: Gigabytes | None = None
+    temperature_c: (
+        Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-50, le=200)] | None
+    ) = None
+    """None where the GPU does not report it."""
+
+
+class Utilization(WireModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cpu_percent: Percent
+    memory_used_gb: Gigabytes
+    gpus: Annotated[list[GpuUtilization], Field(max_length=64)] = []
+
+
+class HeartbeatRequest(RequestModel):
+    agent_version: Annotated[str, Field(strict=True, min_length=1, max_length=64)]
+    utilization: Utilization
+    running_jobs: Annotated[
+        list[Annotated[str, Field(strict=True, max_length=64)]], Field(max_length=1024)
+    ] = []
+
+
+class HeartbeatResponse(ResponseModel):
+    next_heartbeat_in_s: float
+    server_time: datetime
+    active: bool
+    cancelled_jobs: list[str]
+    """Jobs assigned to this resource that their owner cancelled: stop them and report
+    CANCELLED."""
+
+
+class Offer(ResponseModel):
+    job_id: str
+    name: str
+    type: JobType
+    requirements: Requirements
+    datasets: list[str]
+    budget: float
+    deadline: datetime | None
+    created_at: datetime
+
+
+class OfferBatch(ResponseModel):
+    offers: list[Offer]
+    cancelled_jobs: list[str]
+
+
+class DeclineReason(StrEnum):
+    INSUFFICIENT_CAPACITY = "INSUFFICIENT_CAPACITY"
+    BUDGET_TOO_LOW = "BUDGET_TOO_LOW"
+    OUTSIDE_AVAILABILITY = "OUTSIDE_AVAILABILITY"
+    GPU_UNAVAILABLE = "GPU_UNAVAILABLE"
+    IMAGE_NOT_ALLOWED = "IMAGE_NOT_ALLOWED"
+    DEADLINE_TOO_SOON = "DEADLINE_TOO_SOON"
+    SHUTTING_DOWN = "SHUTTING_DOWN"
+    OTHER = "OTHER"
+
+
+class DeclineRequest(RequestModel):
+    reason: DeclineReason
+    message: Annotated[str, Field(strict=True, max_length=1000)] = ""
+
+
+class AcceptedJob(ResponseModel):
+    """What the provider gets once it holds the job: everything needed to run it."""
+
+    job_id: str
+    name: str
+    type: JobType
+    code: str
+    requirements: Requirements
+    datasets: list[str]
+    budget: float
+    deadline: datetime | None
+    price_per_hour: float
+    """The resource's price when the job was accepted; the payment uses it."""
+    status: JobStatus
+    accepted_at: datetime
+
+
+class AcceptedJobPage(ResponseModel):
+    total: int
+    page: int
+    limit: int
+    jobs: list[AcceptedJob]
+
+
+class FailureReason(StrEnum):
+    EXIT_CODE = "EXIT_CODE"
+    TIMEOUT = "TIMEOUT"
+    OUT_OF_MEMORY = "OUT_OF_MEMORY"
+    CANCELLED_BY_AGENT = "CANCELLED_BY_AGENT"
+    ERROR = "ERROR"
+
+
+class Failure(WireModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: FailureReason
+    exit_code: Annotated[int, Field(strict=True, ge=-(2**31), le=2**32)] | None = None
+
+
+class ReportableStatus(StrEnum):
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+class StatusReport(RequestModel):
+    status: ReportableStatus
+    progress: Annotated[int, Field(strict=True, ge=0, le=100)] | None = None
+    message: Annotated[str, Field(strict=True, max_length=4000)] = ""
+    failure: Failure | None = None
+
+
+class StatusReportResponse(ResponseModel):
+    job_id: str
+    status: JobStatus
+    progress: int
+
+
+CLAIM_DOMAIN = "calctra-claim-v1"
+
+
+def claim_message(job_id: str, resource_id: str, wallet_address: str, timestamp: int) -> bytes:
+    """The bytes a provider's wallet signs to claim payment for a job."""
+    return f"{CLAIM_DOMAIN}\n{job_id}\n{resource_id}\n{wallet_address}\n{timestamp}".encode()
+
+
+class ClaimRequest(RequestModel):
+    wallet_address: WalletAddress
+    timestamp: Annotated[int, Field(strict=True, ge=0, le=2**40)]
+    signature: Annotated[str, Field(strict=True, min_length=1, max_length=128)]
+    """base58 ed25519 signature of `claim_message(...)` by the wallet."""
+
+
+class ClaimResponse(ResponseModel):
+    job_id: str
+    payment: Transaction
+    refund: Transaction | None
+    metered_hours: float
+
+
+class ProviderResource(Resource):
+    """The agent's own resource, as `GET /api/provider/resource` shows it."""
+
+    last_heartbeat_at: datetime | None
+    agent_version: str | None

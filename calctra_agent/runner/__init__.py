@@ -1,3 +1,25 @@
-"""Running jobs in isolated containers."""
+"""Running jobs: the interface the daemon calls, and its implementations."""
 
-__all__: list[str] = []
+from calctra_agent.runner._default import default_runner
+from calctra_agent.runner._interface import (
+    Completed,
+    Failed,
+    Grant,
+    JobEvents,
+    JobSpec,
+    Outcome,
+    Recovery,
+    Runner,
+)
+
+__all__ = [
+    "Completed",
+    "Failed",
+    "Grant",
+    "JobEvents",
+    "JobSpec",
+    "Outcome",
+    "Recovery",
+    "Runner",
+    "default_runner",
+]

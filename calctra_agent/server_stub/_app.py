@@ -13,14 +13,26 @@ from fastapi_offline import FastAPIOffline
 
 from calctra_agent import __version__
 from calctra_agent.server_stub._context import ServerContext
-from calctra_agent.server_stub._db import Database
+from calctra_agent.server_stub._db import Database, utcnow
 from calctra_agent.server_stub._errors import install_error_handlers
 from calctra_agent.server_stub._jobs import match_waiting_jobs
+from calctra_agent.server_stub._provider import expire_silent_resources
 from calctra_agent.server_stub._ratelimit import RateLimiter, RateLimitMiddleware
 from calctra_agent.server_stub._security import TokenSigner, load_or_create_secret
 from calctra_agent.server_stub._settings import ServerSettings
 from calctra_agent.server_stub._webhooks import OutboxWorker
-from calctra_agent.server_stub.routes import auth, data, jobs, resources, tokens, users, webhooks
+from calctra_agent.server_stub.routes import (
+    agent_tokens,
+    auth,
+    data,
+    jobs,
+    provider,
+    provider_resource,
+    resources,
+    tokens,
+    users,
+    webhooks,
+)
 from calctra_agent.wire import ErrorEnvelope
 
 logger = logging.getLogger(__name__)
@@ -60,14 +72,21 @@ def create_app(settings: ServerSettings) -> FastAPI:
         responses=_ERROR_RESPONSES,
     )
     app.state.context = context
+    context.db.on_commit(context.offers.committed)
     install_error_handlers(app)
     api = APIRouter(prefix="/v1/api")
-    for module in (auth, users, resources, jobs, data, tokens, webhooks):
+    # The provider's routes first: routes are matched in order, and agents' heartbeats and
+    # long polls are most of the requests.
+    routers = (provider, provider_resource, agent_tokens, auth, users, resources, jobs, data,
+               tokens, webhooks)  # fmt: skip
+    for module in routers:
         api.include_router(module.router)
     app.include_router(api)
     _document_400_not_422(app)
     limiter = RateLimiter(settings.rate_limit, settings.rate_limit_window_s)
-    app.add_middleware(RateLimitMiddleware, limiter=limiter, signer=signer)
+    app.add_middleware(
+        RateLimitMiddleware, limiter=limiter, signer=signer, agent_tokens=context.agent_tokens
+    )
     return app
 
 
@@ -110,11 +129,15 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 async def _run_matcher(context: ServerContext) -> None:
+    settings = context.settings
+    # Often enough that a silent resource turns inactive within 1.5 heartbeat timeouts.
+    interval_s = min(settings.matcher_interval_s, settings.heartbeat_timeout_s / 2)
     while True:
-        await asyncio.sleep(context.settings.matcher_interval_s)
+        await asyncio.sleep(interval_s)
         try:
             with context.db.transaction() as session:
-                changed = match_waiting_jobs(session, context.settings.matches_per_job)
+                expire_silent_resources(session, settings.heartbeat_timeout_s, utcnow())
+                changed = match_waiting_jobs(session, settings.matches_per_job)
             if changed:
                 context.outbox_wakeup.set()
         except Exception:

@@ -8,7 +8,7 @@ ledger never rounds.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +18,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Connection,
     DateTime,
     Engine,
     Float,
@@ -152,6 +153,10 @@ class Resource(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    last_heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime, index=True)
+    """NULL until its agent's first heartbeat; only resources with an agent expire."""
+    utilization: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    agent_version: Mapped[str | None] = mapped_column(String(64))
 
 
 class Job(Base):
@@ -181,6 +186,14 @@ class Job(Base):
     completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     rating: Mapped[int | None] = mapped_column(Integer)
     feedback: Mapped[str | None] = mapped_column(Text)
+    accepted_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    price_per_hour: Mapped[int | None] = mapped_column(BigInteger)
+    """The assigned resource's price when it accepted the job; the payment uses it."""
+    failure: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    cancel_acknowledged: Mapped[bool] = mapped_column(Boolean, default=False)
+    """Whether the agent that held the job confirmed that it stopped it after a cancel."""
+    payment_tx_id: Mapped[str | None] = mapped_column(String(32))
+    refund_tx_id: Mapped[str | None] = mapped_column(String(32))
 
 
 class Dataset(Base):
@@ -231,6 +244,36 @@ class WebhookDelivery(Base):
     delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
+class AgentTokenRow(Base):
+    """An agent token, scoped to one resource. Only the token's SHA-256 is stored."""
+
+    __tablename__ = "agent_tokens"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    # No foreign key: the token row outlives its resource, revoked, for the owner's listing.
+    resource_id: Mapped[str] = mapped_column(String(32), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class JobDecline(Base):
+    """A resource turned an offer down: the job is never offered to it again."""
+
+    __tablename__ = "job_declines"
+
+    job_id: Mapped[str] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    resource_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
 def make_engine(url: str) -> Engine:
     """Create the engine and the schema; SQLite gets WAL mode and enforced foreign keys."""
     is_sqlite = url.startswith("sqlite")
@@ -261,6 +304,28 @@ class Database:
     def transaction(self) -> Iterator[Session]:
         with self._sessions.begin() as session:
             yield session
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A Core connection for reads that all see one snapshot of the database; whatever it
+        does is rolled back. Cheaper than a Session, for the endpoints that only read."""
+        with self.engine.connect() as connection:
+            if connection.dialect.name == "sqlite":
+                # pysqlite opens no transaction for a SELECT, so each would see the database
+                # as of its own start.
+                connection.exec_driver_sql("BEGIN")
+            yield connection
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A Core connection in a transaction that commits or rolls back as one unit; no
+        Session, no after-commit listeners. For the hottest writes (heartbeats)."""
+        with self.engine.begin() as connection:
+            yield connection
+
+    def on_commit(self, listener: Callable[[Session], None]) -> None:
+        """Call `listener` with each session right after it commits."""
+        event.listen(self._sessions, "after_commit", listener)
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -39,9 +40,12 @@ def window_open(availability: dict[str, Any] | None, at: datetime) -> bool:
     return False
 
 
-def find_matches(session: Session, job: Job, at: datetime, limit: int) -> list[str]:
+def find_matches(
+    session: Session, job: Job, at: datetime, limit: int, exclude: Collection[str] = ()
+) -> list[str]:
     """Active resources that meet the job's requirements, whose price for the estimated hours
-    fits the budget and whose window is open now: best reputation first, then lowest price."""
+    fits the budget and whose window is open now: best reputation first, then lowest price.
+    Resources in `exclude` (those that declined the job) are left out."""
     req = job.requirements
     hours = float(req["estimatedDurationHours"])
     # Capped to a 64-bit integer: a tiny estimate (1e-12 hours) would overflow the column.
@@ -65,6 +69,8 @@ def find_matches(session: Session, job: Job, at: datetime, limit: int) -> list[s
     if job.owner_id:
         # Nobody is matched to their own job: they would pay themselves.
         query = query.where(Resource.owner_id != job.owner_id)
+    if exclude:
+        query = query.where(Resource.id.not_in(list(exclude)))
     matches: list[str] = []
     offset = 0
     while len(matches) < limit:

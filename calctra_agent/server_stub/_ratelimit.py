@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -9,7 +10,11 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from calctra_agent.server_stub._agent_tokens import AgentTokenCache
 from calctra_agent.server_stub._security import TokenError, TokenSigner
+from calctra_agent.wire import AGENT_TOKEN_PREFIX
+
+_AGENT_PREFIX = AGENT_TOKEN_PREFIX.encode()
 
 
 class RateLimiter:
@@ -41,10 +46,17 @@ class RateLimitMiddleware:
     """ASGI middleware: adds the X-RateLimit-* headers to every response and answers 429 past
     the limit."""
 
-    def __init__(self, app: ASGIApp, limiter: RateLimiter, signer: TokenSigner) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        limiter: RateLimiter,
+        signer: TokenSigner,
+        agent_tokens: AgentTokenCache | None = None,
+    ) -> None:
         self.app = app
         self.limiter = limiter
         self.signer = signer
+        self.agent_tokens = agent_tokens
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or self.limiter.limit <= 0:
@@ -70,10 +82,24 @@ class RateLimitMiddleware:
     def _key(self, scope: Scope) -> str:
         for name, value in scope.get("headers", []):
             if name == b"authorization" and value[:7].lower() == b"bearer ":
+                if value[7:].strip().startswith(_AGENT_PREFIX):
+                    return self._agent_key(value[7:].strip()) or self._address_key(scope)
                 try:
                     return "user:" + self.signer.check(value[7:].decode("latin-1")).user_id
                 except TokenError:
                     break
+        return self._address_key(scope)
+
+    def _agent_key(self, token: bytes) -> str | None:
+        # An agent token is keyed by its hash, with no database lookup, once this process
+        # knows it for a live token; until then, and for made-up tokens, by address.
+        digest = hashlib.sha256(token).hexdigest()
+        if self.agent_tokens is None or not self.agent_tokens.knows(digest):
+            return None
+        return "agent:" + digest[:16]
+
+    @staticmethod
+    def _address_key(scope: Scope) -> str:
         client = scope.get("client")
         return "addr:" + (client[0] if client else "unknown")
 

@@ -26,6 +26,12 @@ class ServerSettings:
     webhook_timeout_s: float = 5.0
     matcher_interval_s: float = 5.0
     matches_per_job: int = 5
+    heartbeat_interval_s: float = 30.0
+    """How often agents are told to send a heartbeat (with +-10 % jitter)."""
+    heartbeat_timeout_s: float = 90.0
+    """A resource whose agent sent no heartbeat for this long turns inactive."""
+    claim_max_skew_s: int = 600
+    """How far a claim's timestamp may be from the server's clock."""
 
     @property
     def effective_database_url(self) -> str:

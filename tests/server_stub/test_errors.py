@@ -284,6 +284,17 @@ ENDPOINTS = {
     "/v1/api/tokens/deposit": {"post"},
     "/v1/api/webhooks": {"get", "post"},
     "/v1/api/webhooks/{webhook_id}": {"delete"},
+    "/v1/api/agent-tokens": {"get", "post"},
+    "/v1/api/agent-tokens/{token_id}": {"delete"},
+    "/v1/api/provider/heartbeat": {"post"},
+    "/v1/api/provider/resource": {"get", "put"},
+    "/v1/api/provider/offers": {"get"},
+    "/v1/api/provider/offers/{job_id}/accept": {"post"},
+    "/v1/api/provider/offers/{job_id}/decline": {"post"},
+    "/v1/api/provider/jobs": {"get"},
+    "/v1/api/provider/jobs/{job_id}": {"get"},
+    "/v1/api/provider/jobs/{job_id}/status": {"post"},
+    "/v1/api/provider/jobs/{job_id}/claim": {"post"},
 }
 
 

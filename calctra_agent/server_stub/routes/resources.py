@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from sqlalchemy import func, select
+from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
 
 from calctra_agent.server_stub._agent_tokens import revoke_resource_tokens
-from calctra_agent.server_stub._context import Context, UserId
+from calctra_agent.server_stub._context import Context, MarketReader, UserId
 from calctra_agent.server_stub._db import Job, Resource, from_micro, new_id, to_micro, utcnow
 from calctra_agent.server_stub._errors import ApiError, not_found
+from calctra_agent.server_stub._market import Filters, page_rows
 from calctra_agent.server_stub._pagination import Pagination
 from calctra_agent.wire import (
     Availability,
@@ -33,7 +34,7 @@ router = APIRouter(prefix="/resources", tags=["resources"])
 _BUSY_STATUSES = (JobStatus.ACCEPTED.value, JobStatus.RUNNING.value)
 
 
-def resource_out(row: Resource) -> ResourceOut:
+def resource_out(row: Resource | Row[Any]) -> ResourceOut:
     return ResourceOut(
         id=row.id,
         name=row.name,
@@ -72,7 +73,7 @@ def owned_resource(session: Session, resource_id: str, user_id: str) -> Resource
     return row
 
 
-def _apply(row: Resource, body: ResourceRequest) -> None:
+def apply_request(row: Resource, body: ResourceRequest) -> None:
     specs = body.specs
     has_gpu = specs.gpu_model is not None
     row.name = body.name
@@ -89,7 +90,7 @@ def _apply(row: Resource, body: ResourceRequest) -> None:
     row.updated_at = utcnow()
 
 
-def _check_gpu_fields(body: ResourceRequest) -> None:
+def check_gpu_fields(body: ResourceRequest) -> None:
     if body.specs.gpu_memory_gb and body.specs.gpu_model is None:
         raise ApiError(
             ErrorCode.VALIDATION_ERROR,
@@ -107,7 +108,7 @@ def _check_gpu_fields(body: ResourceRequest) -> None:
 @router.get("", response_model=ResourcePage)
 async def list_resources(
     context: Context,
-    _user_id: UserId,
+    _user_id: MarketReader,
     page: Pagination,
     type: Annotated[ResourceType | None, Query(description="CPU, GPU or Storage")] = None,
     min_cpu: Annotated[int | None, Query(alias="minCpu", ge=0, le=1_000_000)] = None,
@@ -116,37 +117,22 @@ async def list_resources(
     has_gpu: Annotated[bool | None, Query(alias="hasGpu")] = None,
     max_price: Annotated[float | None, Query(alias="maxPrice", ge=0, le=1e12)] = None,
 ) -> ResourcePage:
-    conditions = [Resource.active.is_(True)]
-    if type is not None:
-        conditions.append(Resource.type == type.value)
-    if min_cpu is not None:
-        conditions.append(Resource.cpu_cores >= min_cpu)
-    if min_memory is not None:
-        conditions.append(Resource.memory_gb >= min_memory)
-    if min_storage is not None:
-        conditions.append(Resource.storage_gb >= min_storage)
-    if has_gpu is not None:
-        conditions.append(Resource.has_gpu.is_(has_gpu))
-    if max_price is not None:
-        conditions.append(Resource.price_per_hour <= to_micro(max_price))
-    with context.db.transaction() as session:
-        # count(*), not count(id): SQLite may then count the narrowest index that covers the
-        # filters, half the time of the widest over 100,000 resources.
-        count = select(func.count()).select_from(Resource).where(*conditions)
-        total = session.scalar(count) or 0
-        rows = session.scalars(
-            select(Resource)
-            .where(*conditions)
-            .order_by(Resource.price_per_hour, Resource.id)
-            .offset(page.offset)
-            .limit(page.limit)
-        ).all()
-        resources = [resource_out(row) for row in rows]
+    filters = Filters(
+        type=type.value if type is not None else None,
+        min_cpu=min_cpu,
+        min_memory=min_memory,
+        min_storage=min_storage,
+        has_gpu=has_gpu,
+        max_price=to_micro(max_price) if max_price is not None else None,
+    )
+    with context.db.read() as connection:
+        total, ids = context.market.search(connection, filters, page.offset, page.limit)
+        resources = [resource_out(row) for row in page_rows(connection, ids)]
     return ResourcePage(total=total, page=page.page, limit=page.limit, resources=resources)
 
 
 @router.get("/{resource_id}", response_model=ResourceOut)
-async def read_resource(resource_id: str, context: Context, _user_id: UserId) -> ResourceOut:
+async def read_resource(resource_id: str, context: Context, _user_id: MarketReader) -> ResourceOut:
     with context.db.transaction() as session:
         return resource_out(get_resource(session, resource_id))
 
@@ -155,7 +141,7 @@ async def read_resource(resource_id: str, context: Context, _user_id: UserId) ->
 async def create_resource(
     body: ResourceRequest, context: Context, user_id: UserId
 ) -> ResourceCreated:
-    _check_gpu_fields(body)
+    check_gpu_fields(body)
     row = Resource(
         id=new_id("res"),
         owner_id=user_id,
@@ -164,7 +150,7 @@ async def create_resource(
         reputation=0.0,
         rating_count=0,
     )
-    _apply(row, body)
+    apply_request(row, body)
     with context.db.transaction() as session:
         session.add(row)
     logger.info("resource registered resource_id=%s owner=%s", row.id, user_id)
@@ -175,9 +161,9 @@ async def create_resource(
 async def update_resource(
     resource_id: str, body: ResourceRequest, context: Context, user_id: UserId
 ) -> Message:
-    _check_gpu_fields(body)
+    check_gpu_fields(body)
     with context.db.transaction() as session:
-        _apply(owned_resource(session, resource_id, user_id), body)
+        apply_request(owned_resource(session, resource_id, user_id), body)
     return Message(message="Resource updated successfully")
 
 

@@ -1,47 +1,13 @@
-"""The `calctra-agent` command line."""
+"""`calctra-agent server`: the reference server."""
 
 from __future__ import annotations
 
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from calctra_agent import __version__
-
-app = typer.Typer(
-    name="calctra-agent",
-    help="Rent out this machine on the Calctra compute marketplace.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-EXIT_USAGE = 2
-
-
-class LogLevel(StrEnum):
-    DEBUG = "DEBUG"
-    INFO = "INFO"
-    WARNING = "WARNING"
-    ERROR = "ERROR"
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"calctra-agent {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: Annotated[
-        bool,
-        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
-    ] = False,
-) -> None:
-    """Rent out this machine on the Calctra compute marketplace."""
+from calctra_agent.cli._app import LogLevel, app
 
 
 @app.command()
@@ -67,6 +33,12 @@ def server(
         LogLevel, typer.Option(case_sensitive=False, help="How much to log.")
     ] = LogLevel.INFO,
     access_log: Annotated[bool, typer.Option(help="Log one line per request.")] = True,
+    heartbeat_interval: Annotated[
+        float, typer.Option(min=0.1, help="Seconds between an agent's heartbeats.")
+    ] = 30.0,
+    heartbeat_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds without a heartbeat before inactive.")
+    ] = 90.0,
 ) -> None:
     """Run the Calctra reference server."""
     from calctra_agent._logging import configure_logging
@@ -81,9 +53,7 @@ def server(
         rate_limit=rate_limit,
         rate_limit_window_s=rate_limit_window,
         max_upload_bytes=max_upload_mb * 1024 * 1024,
+        heartbeat_interval_s=heartbeat_interval,
+        heartbeat_timeout_s=heartbeat_timeout,
     )
     serve(settings, host, port, access_log=access_log)
-
-
-def main() -> None:
-    app()

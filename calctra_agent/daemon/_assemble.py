@@ -1,0 +1,134 @@
+"""Putting a daemon together from the settings: state, credentials, wallet, probe, client."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+from calctra_agent.api_client import CalctraClient
+from calctra_agent.config import AgentSettings, resource_request
+from calctra_agent.daemon._agent import Agent, AgentConfig
+from calctra_agent.daemon._decide import Terms
+from calctra_agent.daemon._resource import sync_resource
+from calctra_agent.daemon._state import Credentials, State
+from calctra_agent.errors import StateError
+from calctra_agent.probe import Capacity, probe_machine, sample_utilization
+from calctra_agent.runner import Runner
+from calctra_agent.wallet import claim_request, load_wallet
+
+logger = logging.getLogger(__name__)
+
+PRICE_OVERRIDE_KEY = "price_per_hour"
+
+
+@dataclass(frozen=True)
+class Session:
+    """The agent's local state and an API client authenticated with its agent token."""
+
+    state: State
+    credentials: Credentials
+    client: CalctraClient
+
+
+def open_session(settings: AgentSettings) -> Session:
+    """Open the state dir and a client for this machine's resource; raises StateError when
+    `calctra-agent login` has not been run."""
+    state = State(settings.state_dir)
+    credentials = state.credentials()
+    if credentials is None:
+        state.close()
+        raise StateError(
+            f"this machine is not registered yet (no credentials in {settings.state_dir}); "
+            "run `calctra-agent login` first"
+        )
+    client = CalctraClient(settings.api_url, token=credentials.agent_token)
+    return Session(state, credentials, client)
+
+
+def effective_price(settings: AgentSettings, state: State) -> float | None:
+    """The price set with `pricing set`, else the configured one."""
+    override = state.get(PRICE_OVERRIDE_KEY)
+    return float(override) if override is not None else settings.price_per_hour
+
+
+def terms_for(
+    settings: AgentSettings, state: State, gpu_runtime: bool, price: float | None = None
+) -> Terms:
+    availability = settings.availability.to_wire() if settings.availability else None
+    return Terms(
+        price_per_hour=price if price is not None else effective_price(settings, state) or 0.0,
+        availability=availability.model_dump(by_alias=True) if availability else None,
+        max_concurrent_jobs=settings.max_concurrent_jobs,
+        gpu_runtime=gpu_runtime,
+    )
+
+
+def build_agent(settings: AgentSettings, session: Session, runner: Runner) -> Agent:
+    """Probe the machine, bring the resource up to date and assemble the daemon."""
+    reservation = settings.reserve.to_reservation()
+    probe = probe_machine(settings.work_dir)
+    capacity: Capacity = probe.capacity(reservation)
+    price = effective_price(settings, session.state)
+    request = resource_request(
+        settings.model_copy(update={"price_per_hour": price}), capacity.to_specs()
+    )
+    sync_resource(session.client, session.state, request)
+    wallet = load_wallet(settings.wallet_path)
+    resource_id = session.credentials.resource_id
+    config = AgentConfig(
+        capacity=capacity,
+        terms=terms_for(settings, session.state, runner.gpu_runtime, price),
+        heartbeat_interval_s=settings.heartbeat_interval_s,
+        offer_wait_s=settings.offer_wait_s,
+        outbox_interval_s=settings.outbox_interval_s,
+        job_timeout_factor=settings.job_timeout_factor,
+        drain_on_stop=settings.drain_on_stop,
+        default_image=settings.images.default_image,
+    )
+    return Agent(
+        config,
+        session.state,
+        session.client,
+        runner,
+        sign_claim=lambda job_id: claim_request(wallet, job_id, resource_id),
+        sample_utilization=lambda: sample_utilization(reservation),
+    )
+
+
+def run_until_signalled(agent: Agent) -> None:
+    """Run the daemon in this thread; SIGTERM or SIGINT stops it, a second one aborts."""
+    worker_error: list[BaseException] = []
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        logger.info("signal received signal=%s", signal.Signals(signum).name)
+        agent.stop()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    offers = threading.Thread(
+        target=_guarded, args=(agent.take_offers, worker_error, agent), name="offers", daemon=True
+    )
+    try:
+        agent.startup()
+        offers.start()
+        agent.wait_stopped()
+        # The long poll may sit in a request for a while: it need not finish.
+        offers.join(timeout=1.0)
+    finally:
+        agent.shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if worker_error:
+        raise worker_error[0]
+
+
+def _guarded(target: Any, errors: list[BaseException], agent: Agent) -> None:
+    try:
+        target()
+    except BaseException as exc:
+        logger.exception("offer loop stopped on an error")
+        errors.append(exc)
+        agent.stop()
