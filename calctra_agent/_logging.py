@@ -19,3 +19,6 @@ def configure_logging(level: str = "INFO") -> None:
     root.setLevel(level.upper())
     for name in _QUIET:
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+    # A heartbeat or report flush that outlasts its interval (retrying through an outage) has
+    # its next run skipped with a warning each time; the retries already say what goes on.
+    logging.getLogger("apscheduler.scheduler").setLevel(max(logging.ERROR, root.level))

@@ -27,6 +27,7 @@ from calctra_agent.wire import (
     FailureReason,
     HeartbeatRequest,
     Offer,
+    OfferBatch,
     ReportableStatus,
     StatusReport,
     Utilization,
@@ -35,6 +36,9 @@ from calctra_agent.wire import (
 logger = logging.getLogger(__name__)
 
 _OFFER_ERROR_PAUSE_S = 2.0
+_CANCEL_PENDING_PAUSE_S = 1.0
+"""The long poll answers at once while a cancellation is unacknowledged, which lasts as long
+as the job takes to stop: between such answers the agent waits this long."""
 _MIN_HEARTBEAT_S = 1.0
 
 
@@ -76,6 +80,7 @@ class Agent:
         self._grants: dict[str, Grant] = {}
         self._grants_lock = threading.Lock()
         self._active: bool | None = None
+        self._offers_error: str | None = None
         self._scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(max_workers=2)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30},
@@ -145,16 +150,31 @@ class Agent:
 
     def take_offers(self) -> None:
         while not self._stopping.is_set():
-            try:
-                batch = self.client.wait_for_offers(self.config.offer_wait_s)
-            except (ApiUnavailable, ApiError) as exc:
-                logger.warning("waiting for offers failed error=%s", exc)
+            batch = self._poll_offers()
+            if batch is None:
                 self._stopping.wait(_OFFER_ERROR_PAUSE_S)
                 continue
             for job_id in batch.cancelled_jobs:
                 self._cancel_local(job_id)
             for offer in batch.offers:
                 self.consider(offer)
+            if batch.cancelled_jobs and not batch.offers:
+                self._stopping.wait(_CANCEL_PENDING_PAUSE_S)
+
+    def _poll_offers(self) -> OfferBatch | None:
+        """The next batch of offers; None when the poll failed, logged once until it works
+        again or fails otherwise."""
+        try:
+            batch = self.client.wait_for_offers(self.config.offer_wait_s)
+        except (ApiUnavailable, ApiError) as exc:
+            if str(exc) != self._offers_error:
+                logger.warning("waiting for offers failed error=%s", exc)
+            self._offers_error = str(exc)
+            return None
+        if self._offers_error is not None:
+            logger.info("waiting for offers works again")
+            self._offers_error = None
+        return batch
 
     def consider(self, offer: Offer) -> None:
         """Accept the offer and start it, or decline it with the reason."""

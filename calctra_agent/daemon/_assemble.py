@@ -18,7 +18,7 @@ from calctra_agent.daemon._state import Credentials, State
 from calctra_agent.errors import StateError
 from calctra_agent.probe import Capacity, probe_machine, sample_utilization
 from calctra_agent.runner import Runner
-from calctra_agent.wallet import claim_request, load_wallet
+from calctra_agent.wallet import ClaimSigner
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +77,7 @@ def build_agent(settings: AgentSettings, session: Session, runner: Runner) -> Ag
         settings.model_copy(update={"price_per_hour": price}), capacity.to_specs()
     )
     sync_resource(session.client, session.state, request)
-    wallet = load_wallet(settings.wallet_path)
-    resource_id = session.credentials.resource_id
+    sign_claim = ClaimSigner(settings.wallet_path, session.credentials.resource_id)
     config = AgentConfig(
         capacity=capacity,
         terms=terms_for(settings, session.state, runner.gpu_runtime, price),
@@ -94,7 +93,7 @@ def build_agent(settings: AgentSettings, session: Session, runner: Runner) -> Ag
         session.state,
         session.client,
         runner,
-        sign_claim=lambda job_id: claim_request(wallet, job_id, resource_id),
+        sign_claim=sign_claim,
         sample_utilization=lambda: sample_utilization(reservation),
     )
 

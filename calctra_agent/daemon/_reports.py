@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from calctra_agent.daemon._state import OutboxItem, State
-from calctra_agent.errors import ApiError, ApiUnavailable, Conflict, ServerError
+from calctra_agent.errors import ApiError, ApiUnavailable, Conflict, ServerError, WalletError
 from calctra_agent.wire import ClaimRequest, StatusReport
 
 logger = logging.getLogger(__name__)
@@ -64,6 +64,12 @@ class ReportSender:
                 exc,
             )
             self.state.retry_later(item.seq, delay)
+            return False
+        except WalletError as exc:
+            # The key is read at the first claim: a wallet broken since the start waits to be
+            # fixed, without holding up other jobs' reports.
+            logger.error("claim not signed job_id=%s error=%s", item.job_id, exc)
+            self.state.retry_later(item.seq, _BACKOFF_MAX_S)
             return False
         except Conflict as exc:
             self._conflict(item, exc)

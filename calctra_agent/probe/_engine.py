@@ -68,15 +68,15 @@ def detect_gpu_runtime(info: Mapping[str, Any]) -> GpuRuntime:
 def probe_engine(*, timeout_s: float = 2.0) -> EngineInfo:
     """Asks the engine named by DOCKER_HOST (or the default socket) for its version and
     runtimes: two round trips when it is reachable."""
-    # Imported here: importing the Docker SDK costs about 200 ms, which `probe` alone does
-    # not need to pay when the engine is not asked.
-    import docker
-    import requests
-
     host = os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
     refused = _unix_socket_error(host, timeout_s)
     if refused is not None:
         return _unreachable(host, refused)
+    # Imported here, once an engine may answer: the Docker SDK costs about 200 ms and 6 MB of
+    # memory, which a probe that does not ask the engine, or finds none, need not pay.
+    import docker
+    import requests
+
     try:
         client = docker.from_env(timeout=timeout_s)
     except (docker.errors.DockerException, requests.RequestException) as exc:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
-
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from calctra_agent.errors import ConfigError
 from calctra_agent.probe._engine import EngineInfo
 from calctra_agent.probe._gpu import Gpu, GpuInventory
 from calctra_agent.probe._machine import Capacity, MachineProbe, Reservation
 from calctra_agent.probe._memory import to_gb
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 
 def probe_as_json(probe: MachineProbe, reservation: Reservation | None = None) -> dict[str, Any]:
@@ -32,6 +33,9 @@ def probe_as_json(probe: MachineProbe, reservation: Reservation | None = None) -
 
 def render_probe_table(probe: MachineProbe, reservation: Reservation | None = None) -> Table:
     """The probe for a terminal: one row per part of the machine, then what it offers."""
+    # Imported here: the daemon imports this package but never draws tables.
+    from rich.table import Table
+
     table = Table(title="This machine", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from calctra_agent.server_stub._agent_tokens import AgentPrincipal, AgentTokenCache
 from calctra_agent.server_stub._db import Database, User
 from calctra_agent.server_stub._errors import ApiError
+from calctra_agent.server_stub._heartbeats import CancelledJobs, HeartbeatBuffer
 from calctra_agent.server_stub._market import MarketIndex
 from calctra_agent.server_stub._offers import OfferNotifier
 from calctra_agent.server_stub._security import TokenError, TokenSigner
@@ -29,6 +30,8 @@ class ServerContext:
     """Set after a transaction that queued webhook deliveries, so the worker sends them now."""
     agent_tokens: AgentTokenCache = field(default_factory=AgentTokenCache)
     offers: OfferNotifier = field(default_factory=OfferNotifier)
+    heartbeats: HeartbeatBuffer = field(default_factory=HeartbeatBuffer)
+    cancelled: CancelledJobs = field(default_factory=CancelledJobs)
     market: MarketIndex = field(default_factory=MarketIndex)
 
 
@@ -58,8 +61,8 @@ async def authenticated_user_id(
     if credentials.credentials.strip().startswith(AGENT_TOKEN_PREFIX):
         raise ApiError(
             ErrorCode.AUTHENTICATION_REQUIRED,
-            "an agent token works only on /v1/api/provider/...; this endpoint needs a user "
-            "token from POST /v1/api/auth/login",
+            "an agent token is for an agent (/v1/api/provider/... and reading "
+            "/v1/api/resources); this endpoint needs a user token from POST /v1/api/auth/login",
         )
     try:
         return context.signer.check(credentials.credentials.strip()).user_id

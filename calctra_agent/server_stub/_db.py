@@ -164,6 +164,9 @@ class Job(Base):
     __table_args__ = (
         Index("ix_jobs_owner", "owner_id", "created_at"),
         Index("ix_jobs_status", "status"),
+        # Every server process reads the cancellations that agents have yet to acknowledge
+        # each second (_heartbeats.CancelledJobs): this finds them among all cancelled jobs.
+        Index("ix_jobs_cancelled", "status", "cancel_acknowledged", "assigned_resource_id"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -306,11 +309,12 @@ class Database:
             yield session
 
     @contextmanager
-    def read(self) -> Iterator[Connection]:
-        """A Core connection for reads that all see one snapshot of the database; whatever it
-        does is rolled back. Cheaper than a Session, for the endpoints that only read."""
+    def read(self, snapshot: bool = True) -> Iterator[Connection]:
+        """A Core connection for reads, cheaper than a Session, for the endpoints that only
+        read; whatever it does is rolled back. With `snapshot`, all its statements see the
+        database as of the first; without, each sees it as of its own start."""
         with self.engine.connect() as connection:
-            if connection.dialect.name == "sqlite":
+            if snapshot and connection.dialect.name == "sqlite":
                 # pysqlite opens no transaction for a SELECT, so each would see the database
                 # as of its own start.
                 connection.exec_driver_sql("BEGIN")

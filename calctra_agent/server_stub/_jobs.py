@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from calctra_agent.server_stub._db import Job, JobDecline, utcnow
 from calctra_agent.server_stub._events import emit
+from calctra_agent.server_stub._heartbeats import note_cancellation
 from calctra_agent.server_stub._ledger import refund_escrow
 from calctra_agent.server_stub._matching import find_matches
 from calctra_agent.server_stub._offers import wake_after_commit
@@ -71,6 +72,7 @@ def end_job(
     refund_escrow(session, job.id, job.owner_id)
     if status == JobStatus.CANCELLED:
         # The agent that holds the job learns of it in its long poll and its heartbeat.
+        note_cancellation(session, job.assigned_resource_id, job.id)
         wake_after_commit(session, [job.assigned_resource_id])
     event = (
         WebhookEvent.JOB_CANCELLED if status == JobStatus.CANCELLED else WebhookEvent.JOB_FAILED

@@ -1,43 +1,19 @@
-"""Matching jobs to resources, and availability windows."""
+"""Matching jobs to resources."""
 
 from __future__ import annotations
 
 from collections.abc import Collection
-from datetime import datetime, timedelta
-from typing import Any
-from zoneinfo import ZoneInfo
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from calctra_agent.availability import window_open
 from calctra_agent.server_stub._db import Job, Resource, to_micro
 
 _CANDIDATE_BATCH = 200
 _MAX_CANDIDATES = 2000
 _MAX_PRICE = 2**63 - 1
-
-
-def window_open(availability: dict[str, Any] | None, at: datetime) -> bool:
-    """Whether a resource's availability admits the instant `at` (timezone-aware).
-
-    The schedule's days are ISO weekdays in the resource's timezone. A window that wraps
-    midnight (startHour 18, endHour 8) belongs to the day it starts on: Friday 18 to 8 covers
-    Friday evening and early Saturday. startHour == endHour is the whole day.
-    """
-    if not availability:
-        return True
-    schedule = availability["schedule"]
-    local = at.astimezone(ZoneInfo(availability.get("timezone") or "UTC"))
-    start, end, days = schedule["startHour"], schedule["endHour"], set(schedule["days"])
-    if start == end:
-        return local.isoweekday() in days
-    if start < end:
-        return local.isoweekday() in days and start <= local.hour < end
-    if local.hour >= start:
-        return local.isoweekday() in days
-    if local.hour < end:
-        return (local - timedelta(days=1)).isoweekday() in days
-    return False
 
 
 def find_matches(

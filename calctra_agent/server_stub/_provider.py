@@ -1,4 +1,4 @@
-"""The provider's side of a job: heartbeats, offers, status reports and claims.
+"""The provider's side of a job: offers, status reports and claims.
 
 The rules are those of docs/provider-protocol.md; each function runs inside the caller's
 database transaction and raises ApiError for what the agent must hear about.
@@ -9,11 +9,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from solders.pubkey import Pubkey
 from solders.signature import Signature
-from sqlalchemy import JSON, Connection, String, bindparam, cast, select, update
+from sqlalchemy import String, cast, select, update
 from sqlalchemy.orm import Session, defer
 
 from calctra_agent.server_stub._agent_tokens import AgentPrincipal
@@ -23,11 +23,11 @@ from calctra_agent.server_stub._db import (
     LedgerTransaction,
     Resource,
     User,
-    UtcDateTime,
     from_micro,
 )
 from calctra_agent.server_stub._errors import ApiError, not_found, validation_error
 from calctra_agent.server_stub._events import emit
+from calctra_agent.server_stub._heartbeats import note_cancellation
 from calctra_agent.server_stub._jobs import end_job, job_event_data, rematch
 from calctra_agent.server_stub._ledger import (
     Related,
@@ -41,7 +41,6 @@ from calctra_agent.wire import (
     DeclineRequest,
     ErrorCode,
     FailureReason,
-    HeartbeatRequest,
     JobStatus,
     ReportableStatus,
     StatusReport,
@@ -54,75 +53,6 @@ logger = logging.getLogger(__name__)
 
 MAX_OFFERS = 50
 """The most offers one answer carries; the agent sees the rest once it acted on these."""
-
-
-# Heartbeats
-
-
-_resources = Resource.__table__
-_jobs = Job.__table__
-
-# Built once: a heartbeat is the most frequent request there is, and building the statements
-# each time cost more than running them.
-_RECORD_HEARTBEAT = (
-    update(_resources)
-    .where(_resources.c.id == bindparam("b_resource_id"))
-    .values(
-        last_heartbeat_at=bindparam("b_at", type_=UtcDateTime),
-        utilization=bindparam("b_utilization", type_=JSON),
-        agent_version=bindparam("b_agent_version"),
-        active=True,
-    )
-)
-_CANCELLED_JOBS = (
-    select(_jobs.c.id)
-    .where(
-        _jobs.c.assigned_resource_id == bindparam("resource_id"),
-        _jobs.c.status == JobStatus.CANCELLED.value,
-        _jobs.c.cancel_acknowledged.is_(False),
-    )
-    .order_by(_jobs.c.completed_at, _jobs.c.id)
-)
-
-
-def record_heartbeat(
-    connection: Connection, resource_id: str, body: HeartbeatRequest, at: datetime
-) -> bool:
-    """Mark the resource active and store what its agent reported; False when it is gone."""
-    result = connection.execute(
-        _RECORD_HEARTBEAT,
-        {
-            "b_resource_id": resource_id,
-            "b_at": at,
-            "b_utilization": body.utilization.model_dump(by_alias=True),
-            "b_agent_version": body.agent_version,
-        },
-    )
-    return bool(result.rowcount == 1)
-
-
-def expire_silent_resources(session: Session, timeout_s: float, now: datetime) -> int:
-    """Turn inactive the resources whose agent sent no heartbeat for `timeout_s`; resources
-    that never had an agent are left alone. Returns how many turned inactive."""
-    result = session.execute(
-        update(Resource)
-        .where(
-            Resource.active.is_(True),
-            Resource.last_heartbeat_at < now - timedelta(seconds=timeout_s),
-        )
-        .values(active=False)
-        .execution_options(synchronize_session=False)
-    )
-    expired = int(result.rowcount)  # type: ignore[attr-defined]
-    if expired:
-        logger.info("resources expired count=%d timeout_s=%g", expired, timeout_s)
-    return expired
-
-
-def cancelled_jobs(db: Connection | Session, resource_id: str) -> list[str]:
-    """Jobs this resource holds that their owner cancelled and the agent did not yet
-    acknowledge."""
-    return list(db.scalars(_CANCELLED_JOBS, {"resource_id": resource_id}))
 
 
 # Offers
@@ -305,6 +235,7 @@ def _report_cancelled(session: Session, job: Job, report: StatusReport, at: date
             job,
         )
     job.cancel_acknowledged = True
+    note_cancellation(session, job.assigned_resource_id, job.id, acknowledged=True)
 
 
 _REPORT_STEPS: dict[ReportableStatus, Callable[[Session, Job, StatusReport, datetime], None]] = {

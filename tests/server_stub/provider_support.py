@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import closing
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ from solders.keypair import Keypair
 
 from calctra_agent.wire import claim_message
 from tests.conftest import Account, LiveServer, job_body, new_account, resource_body
+from tests.webhook_receiver import WebhookReceiver
 
 SERVER_FLAGS = ("--dev-faucet", "--allow-private-webhooks", "--rate-limit", "1000000")
 
@@ -32,6 +33,16 @@ def sql(live: LiveServer, statement: str, *params: object) -> list[tuple[Any, ..
     """Run one statement on the server's SQLite file and commit it."""
     with closing(sqlite3.connect(live.data_dir / "calctra.db", timeout=30)) as conn, conn:
         return conn.execute(statement, params).fetchall()
+
+
+def eventually(check: Callable[[], bool], timeout_s: float = 5.0) -> bool:
+    """Whether `check()` turns true within `timeout_s`, looking every 50 ms."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
@@ -146,6 +157,10 @@ class Market:
             customer.http.post(f"/jobs/{job_id}/cancel")
         for agent in self.agents:
             agent.owner.http.delete(f"/resources/{agent.resource_id}")
+        self.close_clients()
+
+    def close_clients(self) -> None:
+        for agent in self.agents:
             agent.http.close()
         for acct in self.accounts:
             acct.http.close()
@@ -195,3 +210,21 @@ def ledger_is_consistent(live: LiveServer) -> bool:
     )
     ((external,),) = sql(live, "SELECT balance FROM accounts WHERE kind = 'EXTERNAL'")
     return bool(total + external == 0 and lowest >= 0)
+
+
+@contextmanager
+def subscribed(events: list[str], *accounts: Account) -> Iterator[WebhookReceiver]:
+    """A receiver that the accounts' webhooks for `events` post to; the webhooks are removed
+    at the end, so that later tests' events are not sent to a receiver that is gone."""
+    with WebhookReceiver() as receiver:
+        hook = {"url": receiver.url, "events": events, "secret": "s" * 16}
+        created = []
+        for acct in accounts:
+            response = acct.http.post("/webhooks", json=hook)
+            assert response.status_code == 201, response.text
+            created.append((acct, response.json()["webhookId"]))
+        try:
+            yield receiver
+        finally:
+            for acct, webhook_id in created:
+                acct.http.delete(f"/webhooks/{webhook_id}")

@@ -12,20 +12,17 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from sqlalchemy import func, select
 
-from calctra_agent.server_stub._context import Agent, AgentPrincipal, Context
+from calctra_agent.server_stub._context import Agent, Context
 from calctra_agent.server_stub._db import Job, from_micro, utcnow
-from calctra_agent.server_stub._errors import ApiError
 from calctra_agent.server_stub._pagination import Pagination
 from calctra_agent.server_stub._provider import (
     Claim,
     accept_offer,
     apply_report,
-    cancelled_jobs,
     claim_payment,
     decline_offer,
     held_job,
     offers_for,
-    record_heartbeat,
 )
 from calctra_agent.server_stub.routes.tokens import transaction_out
 from calctra_agent.wire import (
@@ -34,7 +31,6 @@ from calctra_agent.wire import (
     ClaimRequest,
     ClaimResponse,
     DeclineRequest,
-    ErrorCode,
     ErrorEnvelope,
     HeartbeatRequest,
     HeartbeatResponse,
@@ -92,26 +88,13 @@ def accepted_job_out(job: Job) -> AcceptedJob:
 @router.post("/heartbeat", response_model=HeartbeatResponse)
 async def heartbeat(body: HeartbeatRequest, context: Context, agent: Agent) -> HeartbeatResponse:
     now = utcnow()
-    with context.db.write() as connection:
-        if not record_heartbeat(connection, agent.resource_id, body, now):
-            raise _resource_gone(context, agent)
-        cancelled = cancelled_jobs(connection, agent.resource_id)
+    context.heartbeats.add(agent.resource_id, body, now)
     interval_s = context.settings.heartbeat_interval_s
     return HeartbeatResponse(
         next_heartbeat_in_s=round(interval_s * random.uniform(1 - _JITTER, 1 + _JITTER), 3),
         server_time=now,
         active=True,
-        cancelled_jobs=cancelled,
-    )
-
-
-def _resource_gone(context: Context, agent: AgentPrincipal) -> ApiError:
-    # Deleted through another server process: its tokens are revoked there.
-    context.agent_tokens.forget_resource(agent.resource_id)
-    return ApiError(
-        ErrorCode.AUTHENTICATION_REQUIRED,
-        f"resource {agent.resource_id} was deleted, and its agent tokens with it; register "
-        "the machine again",
+        cancelled_jobs=context.cancelled.of(agent.resource_id),
     )
 
 
@@ -140,7 +123,7 @@ async def poll_offers(
 def _offer_batch(context: Context, resource_id: str) -> OfferBatch:
     with context.db.transaction() as session:
         offers = [offer_out(job) for job in offers_for(session, resource_id)]
-        return OfferBatch(offers=offers, cancelled_jobs=cancelled_jobs(session, resource_id))
+    return OfferBatch(offers=offers, cancelled_jobs=context.cancelled.of(resource_id))
 
 
 @router.post("/offers/{job_id}/accept", response_model=AcceptedJob, responses=_CONFLICT)

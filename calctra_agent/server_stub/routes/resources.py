@@ -5,18 +5,17 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
-from sqlalchemy import Row, select
+from fastapi import APIRouter, Query, Response
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from calctra_agent.server_stub._agent_tokens import revoke_resource_tokens
 from calctra_agent.server_stub._context import Context, MarketReader, UserId
 from calctra_agent.server_stub._db import Job, Resource, from_micro, new_id, to_micro, utcnow
 from calctra_agent.server_stub._errors import ApiError, not_found
-from calctra_agent.server_stub._market import Filters, page_rows
+from calctra_agent.server_stub._market import Filters, PageRow, page_rows
 from calctra_agent.server_stub._pagination import Pagination
 from calctra_agent.wire import (
-    Availability,
     ErrorCode,
     JobStatus,
     Message,
@@ -24,7 +23,6 @@ from calctra_agent.wire import (
     ResourcePage,
     ResourceRequest,
     ResourceType,
-    Specs,
 )
 from calctra_agent.wire import Resource as ResourceOut
 
@@ -34,25 +32,30 @@ router = APIRouter(prefix="/resources", tags=["resources"])
 _BUSY_STATUSES = (JobStatus.ACCEPTED.value, JobStatus.RUNNING.value)
 
 
-def resource_out(row: Resource | Row[Any]) -> ResourceOut:
-    return ResourceOut(
-        id=row.id,
-        name=row.name,
-        description=row.description,
-        type=ResourceType(row.type),
-        owner=row.owner_id,
-        specs=Specs(
-            cpu_cores=row.cpu_cores,
-            memory_gb=row.memory_gb,
-            storage_gb=row.storage_gb,
-            gpu_model=row.gpu_model,
-            gpu_memory_gb=row.gpu_memory_gb,
-        ),
-        price_per_hour=from_micro(row.price_per_hour),
-        availability=Availability.model_validate(row.availability) if row.availability else None,
-        reputation=round(row.reputation, 2),
-        active=row.active,
-    )
+def resource_fields(row: Resource | PageRow) -> dict[str, Any]:
+    """A resource as the fields of the wire's Resource, to validate in one go."""
+    return {
+        "id": row.id,
+        "name": row.name,
+        "description": row.description,
+        "type": row.type,
+        "owner": row.owner_id,
+        "specs": {
+            "cpu_cores": row.cpu_cores,
+            "memory_gb": row.memory_gb,
+            "storage_gb": row.storage_gb,
+            "gpu_model": row.gpu_model,
+            "gpu_memory_gb": row.gpu_memory_gb,
+        },
+        "price_per_hour": from_micro(row.price_per_hour),
+        "availability": row.availability or None,
+        "reputation": round(row.reputation, 2),
+        "active": row.active,
+    }
+
+
+def resource_out(row: Resource | PageRow) -> ResourceOut:
+    return ResourceOut.model_validate(resource_fields(row))
 
 
 def get_resource(session: Session, resource_id: str) -> Resource:
@@ -116,7 +119,7 @@ async def list_resources(
     min_storage: Annotated[float | None, Query(alias="minStorage", ge=0, le=1e12)] = None,
     has_gpu: Annotated[bool | None, Query(alias="hasGpu")] = None,
     max_price: Annotated[float | None, Query(alias="maxPrice", ge=0, le=1e12)] = None,
-) -> ResourcePage:
+) -> Response:
     filters = Filters(
         type=type.value if type is not None else None,
         min_cpu=min_cpu,
@@ -127,8 +130,12 @@ async def list_resources(
     )
     with context.db.read() as connection:
         total, ids = context.market.search(connection, filters, page.offset, page.limit)
-        resources = [resource_out(row) for row in page_rows(connection, ids)]
-    return ResourcePage(total=total, page=page.page, limit=page.limit, resources=resources)
+        resources = [resource_fields(row) for row in page_rows(connection, ids)]
+    listing = ResourcePage.model_validate(
+        {"total": total, "page": page.page, "limit": page.limit, "resources": resources}
+    )
+    # Serialized here, as FastAPI would, without the second validation that it would run first.
+    return Response(listing.model_dump_json(by_alias=True), media_type="application/json")
 
 
 @router.get("/{resource_id}", response_model=ResourceOut)

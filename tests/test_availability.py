@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from calctra_agent.server_stub._matching import window_open
+from calctra_agent.availability import window_open
 
 MONDAY, TUESDAY, WEDNESDAY, THURSDAY, FRIDAY, SATURDAY, SUNDAY = range(1, 8)
 

@@ -1,0 +1,123 @@
+"""An idle agent's footprint: memory, CPU and heartbeats over a quiet window.
+
+Starts a reference server (heartbeat interval 10 s) and the real agent daemon (with the tests'
+ProcessRunner, heartbeat_interval_s 10) in a temp dir, lets it settle for a warm-up, then
+watches the agent process for `--duration` seconds with no job in sight: its RSS every second,
+its CPU time at both ends of the window, and the heartbeats and long polls the server's access
+log recorded in the window.
+
+    .venv/bin/python bench/idle.py [--duration 60] [--warmup 5]
+
+Prints figures; it is not a test and asserts nothing. For comparison, a BOINC client idles at
+about 16 MB and 0.1% CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _stack import Child, stack  # noqa: E402
+
+RSS_TARGET_MB = 60.0
+CPU_TARGET_PERCENT = 0.1
+MB = 1e6
+_HEARTBEAT_LINE = '"POST /v1/api/provider/heartbeat'
+_OFFERS_LINE = '"GET /v1/api/provider/offers'
+
+
+@dataclass(frozen=True)
+class Window:
+    """What the agent did in the measured window."""
+
+    wall_s: float
+    cpu_s: float
+    rss_start_mb: float
+    rss_max_mb: float
+    rss_end_mb: float
+    uss_end_mb: float
+    threads: int
+    heartbeats: int
+    long_polls: int
+
+
+def cpu_s(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
+def count_lines(server: Child, marker: str) -> int:
+    return sum(marker in line for line in server.log().splitlines())
+
+
+def watch(agent: psutil.Process, server: Child, duration_s: float) -> Window:
+    heartbeats, polls = count_lines(server, _HEARTBEAT_LINE), count_lines(server, _OFFERS_LINE)
+    rss = [agent.memory_info().rss / MB]
+    start_wall, start_cpu = time.monotonic(), cpu_s(agent)
+    end = start_wall + duration_s
+    while (now := time.monotonic()) < end:
+        time.sleep(min(1.0, end - now))
+        rss.append(agent.memory_info().rss / MB)
+    wall_s, used_s = time.monotonic() - start_wall, cpu_s(agent) - start_cpu
+    return Window(
+        wall_s=wall_s,
+        cpu_s=used_s,
+        rss_start_mb=rss[0],
+        rss_max_mb=max(rss),
+        rss_end_mb=rss[-1],
+        uss_end_mb=agent.memory_full_info().uss / MB,
+        threads=agent.num_threads(),
+        heartbeats=count_lines(server, _HEARTBEAT_LINE) - heartbeats,
+        long_polls=count_lines(server, _OFFERS_LINE) - polls,
+    )
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def report(window: Window) -> None:
+    cpu_percent = window.cpu_s / window.wall_s * 100
+    print(f"idle agent over {window.wall_s:.1f} s (MB = 10^6 bytes)")
+    print(
+        f"  RSS      start {window.rss_start_mb:6.1f} MB  max {window.rss_max_mb:6.1f} MB  "
+        f"end {window.rss_end_mb:6.1f} MB  (USS at end {window.uss_end_mb:.1f} MB)"
+    )
+    print(f"  CPU      {window.cpu_s:.3f} s in {window.wall_s:.1f} s = {cpu_percent:.3f}%")
+    print(f"  server   heartbeats {window.heartbeats}  long polls {window.long_polls}")
+    print(f"  threads  {window.threads}")
+    rss_ok = window.rss_max_mb <= RSS_TARGET_MB
+    print(f"target: RSS <= {RSS_TARGET_MB:.0f} MB: {verdict(rss_ok)}")
+    print(f"target: CPU <= {CPU_TARGET_PERCENT}%: {verdict(cpu_percent <= CPU_TARGET_PERCENT)}")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds watched")
+    parser.add_argument("--warmup", type=float, default=5.0, help="seconds after ready")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    settings = {"heartbeat_interval_s": 10}
+    print(f"machine: {os.cpu_count()} cpus, load average {os.getloadavg()[0]:.2f}")
+    with stack(["--heartbeat-interval", "10"], settings) as live:
+        time.sleep(args.warmup)
+        live.agent.check_alive()
+        window = watch(psutil.Process(live.agent.pid), live.server, args.duration)
+        live.agent.check_alive()
+    report(window)
+
+
+if __name__ == "__main__":
+    main()

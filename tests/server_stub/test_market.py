@@ -1,0 +1,424 @@
+"""The market index answers GET /resources exactly as the SQL query does.
+
+Every check compares the index's total and page ids with `sql_search`, the listing as plain
+SQL, for many random filters and pages, after random changes: through the API, straight into
+SQLite from another connection (as another process would write), and from a second server
+on the same data dir.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, create_engine, delete, func, insert, select, text, update
+
+from calctra_agent.server_stub._db import Database, Resource, User, to_micro
+from calctra_agent.server_stub._market import (
+    KEPT_CHANGES,
+    Filters,
+    MarketChange,
+    MarketIndex,
+    page_rows,
+    sql_search,
+)
+from tests.conftest import Account, LiveServer, MakeServer, new_account, resource_body
+
+KINDS = ["CPU", "GPU", "Storage"]
+CORES = [1, 2, 4, 8, 16, 32, 64]
+MEMORY_GB = [4.0, 16.0, 64.0, 128.0]
+STORAGE_GB = [50.0, 100.0, 500.0, 2000.0]
+# Few prices, so that many resources tie on price and their order falls to the id.
+PRICES = [0.5, 1.0, 2.0, 2.99, 3.0, 10.0]
+OWNER = "usr_marketowner00"
+
+
+# Random resources, filters and pages
+
+
+def random_row(rng: random.Random, owner: str = OWNER) -> dict[str, Any]:
+    """A resource as another process might write it, type and GPU drawn independently."""
+    now = datetime.now(UTC)
+    has_gpu = rng.random() < 0.4
+    return {
+        "id": f"res_{rng.getrandbits(48):012x}",
+        "owner_id": owner,
+        "name": "direct",
+        "description": "",
+        "type": rng.choice(KINDS),
+        "cpu_cores": rng.choice(CORES),
+        "memory_gb": rng.choice(MEMORY_GB),
+        "storage_gb": rng.choice(STORAGE_GB),
+        "has_gpu": has_gpu,
+        "gpu_model": "NVIDIA A100" if has_gpu else None,
+        "gpu_memory_gb": 80.0 if has_gpu else None,
+        "price_per_hour": to_micro(rng.choice(PRICES)),
+        "availability": None,
+        "reputation": 0.0,
+        "rating_count": 0,
+        "active": rng.random() < 0.85,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def random_query(rng: random.Random) -> dict[str, Any]:
+    """Query parameters of GET /resources, each filter present or not, at the boundaries."""
+    choices: dict[str, list[Any]] = {
+        "type": KINDS,
+        "minCpu": [0, 1, 4, 16, 32, 64, 65],
+        "minMemory": [0, 16, 64, 64.5, 128, 129],
+        "minStorage": [0, 100, 500, 2000, 2001],
+        "hasGpu": ["true", "false"],
+        "maxPrice": [0, 0.49, 0.5, 1, 2.99, 3, 9.99, 20],
+    }
+    query = {name: rng.choice(values) for name, values in choices.items() if rng.random() < 0.4}
+    query["page"] = rng.randint(1, 6)
+    query["limit"] = rng.choice([1, 2, 3, 5, 10, 100])
+    return query
+
+
+def as_filters(query: dict[str, Any]) -> Filters:
+    return Filters(
+        type=query.get("type"),
+        min_cpu=query.get("minCpu"),
+        min_memory=query.get("minMemory"),
+        min_storage=query.get("minStorage"),
+        has_gpu={"true": True, "false": False}.get(query.get("hasGpu", "")),
+        max_price=to_micro(query["maxPrice"]) if "maxPrice" in query else None,
+    )
+
+
+def bounds(query: dict[str, Any]) -> tuple[int, int]:
+    return (query["page"] - 1) * query["limit"], query["limit"]
+
+
+# Writing as another process would
+
+
+def add_owner(engine: Engine, owner: str = OWNER) -> None:
+    with engine.begin() as connection:
+        connection.execute(
+            insert(User.__table__),
+            [
+                {
+                    "id": owner,
+                    "email": f"{owner}@example.com",
+                    "name": "Owner",
+                    "password_hash": "!",
+                }
+            ],
+        )
+
+
+def add_rows(engine: Engine, rows: list[dict[str, Any]]) -> None:
+    with engine.begin() as connection:
+        connection.execute(insert(Resource.__table__), rows)
+
+
+def resource_ids(engine: Engine) -> list[str]:
+    with engine.connect() as connection:
+        return list(connection.scalars(select(Resource.id).order_by(Resource.id)))
+
+
+def change_randomly(engine: Engine, rng: random.Random, count: int) -> None:
+    """`count` random writes: inserts, deletes, listed columns changed, activation flipped,
+    ids changed, and changes to columns that the listing does not show."""
+    ids = resource_ids(engine)
+    with engine.begin() as connection:
+        for _ in range(count):
+            row_id = rng.choice(ids)
+            where = Resource.id == row_id
+            action = rng.choice(["insert", "delete", "listed", "listed", "active", "id", "name"])
+            if action == "insert":
+                row = random_row(rng)
+                connection.execute(insert(Resource.__table__), [row])
+                ids.append(row["id"])
+            elif action == "delete" and len(ids) > 1:
+                connection.execute(delete(Resource).where(where))
+                ids.remove(row_id)
+            elif action == "listed":
+                fresh = random_row(rng)
+                column = rng.choice(
+                    ["type", "cpu_cores", "memory_gb", "storage_gb", "has_gpu", "price_per_hour"]
+                )
+                connection.execute(update(Resource).where(where).values({column: fresh[column]}))
+            elif action == "active":
+                connection.execute(update(Resource).where(where).values(active=~Resource.active))
+            elif action == "id":
+                new_id = f"res_{rng.getrandbits(48):012x}"
+                connection.execute(update(Resource).where(where).values(id=new_id))
+                ids[ids.index(row_id)] = new_id
+            else:
+                connection.execute(update(Resource).where(where).values(name="renamed"))
+
+
+# Comparing the index with SQL, in process
+
+
+@pytest.fixture
+def database(tmp_path: Path) -> Iterator[Database]:
+    db = Database(f"sqlite:///{tmp_path / 'calctra.db'}")
+    add_owner(db.engine)
+    yield db
+    db.dispose()
+
+
+@pytest.fixture
+def other_process(database: Database) -> Iterator[Engine]:
+    """A second engine on the same file: its own connections, like another server process."""
+    engine = create_engine(database.engine.url)
+    yield engine
+    engine.dispose()
+
+
+def assert_index_agrees(
+    database: Database, index: MarketIndex, rng: random.Random, rounds: int = 80
+) -> None:
+    with database.read() as connection:
+        for _ in range(rounds):
+            query = random_query(rng)
+            filters, (offset, limit) = as_filters(query), bounds(query)
+            expected = sql_search(connection, filters, offset, limit)
+            assert index.search(connection, filters, offset, limit) == expected, query
+
+
+def test_index_agrees_with_sql_on_a_fresh_market(database: Database) -> None:
+    rng = random.Random(1)
+    add_rows(database.engine, [random_row(rng) for _ in range(300)])
+
+    assert_index_agrees(database, MarketIndex(), rng, rounds=300)
+
+
+def test_index_agrees_with_sql_on_an_empty_market(database: Database) -> None:
+    assert_index_agrees(database, MarketIndex(), random.Random(2), rounds=20)
+
+
+def test_index_follows_writes_of_another_process(
+    database: Database, other_process: Engine
+) -> None:
+    rng = random.Random(3)
+    add_rows(other_process, [random_row(rng) for _ in range(200)])
+    index = MarketIndex()
+    assert_index_agrees(database, index, rng, rounds=10)
+
+    for _ in range(25):
+        change_randomly(other_process, rng, count=rng.randint(1, 12))
+        assert_index_agrees(database, index, rng, rounds=30)
+
+
+def test_changes_outside_the_listed_columns_are_not_logged(
+    database: Database, other_process: Engine
+) -> None:
+    rng = random.Random(4)
+    add_rows(other_process, [random_row(rng) for _ in range(5)])
+    before = change_count(other_process)
+
+    with other_process.begin() as connection:
+        connection.execute(
+            update(Resource).values(
+                name="renamed",
+                description="new",
+                reputation=4.5,
+                last_heartbeat_at=datetime.now(UTC),
+                price_per_hour=Resource.price_per_hour,
+            )
+        )
+
+    assert change_count(other_process) == before
+
+
+def change_count(engine: Engine) -> int:
+    with engine.connect() as connection:
+        return int(connection.scalar(select(func.count()).select_from(MarketChange)) or 0)
+
+
+def test_index_reloads_when_changes_it_missed_were_pruned(
+    database: Database, other_process: Engine
+) -> None:
+    rng = random.Random(5)
+    add_rows(other_process, [random_row(rng) for _ in range(100)])
+    index = MarketIndex()
+    assert_index_agrees(database, index, rng, rounds=5)
+    change_randomly(other_process, rng, count=30)
+
+    # As the triggers' pruning would, had many more changes come in meanwhile.
+    with other_process.begin() as connection:
+        newest = connection.scalar(select(func.max(MarketChange.seq)))
+        connection.execute(delete(MarketChange).where(MarketChange.seq < newest))
+
+    assert_index_agrees(database, index, rng, rounds=60)
+
+
+def test_change_log_keeps_only_the_newest_changes(
+    database: Database, other_process: Engine
+) -> None:
+    rng = random.Random(6)
+    index = MarketIndex()
+    assert_index_agrees(database, index, rng, rounds=2)
+
+    add_rows(other_process, [random_row(rng) for _ in range(KEPT_CHANGES + 50)])
+
+    assert change_count(other_process) == KEPT_CHANGES
+    assert_index_agrees(database, index, rng, rounds=40)
+
+
+def test_a_database_from_before_the_index_gets_its_change_log(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'calctra.db'}"
+    Database(url).dispose()
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        for name in ("inserted", "deleted", "updated"):
+            connection.execute(text(f"DROP TRIGGER market_resource_{name}"))
+        connection.execute(text("DROP TABLE market_changes"))
+    add_owner(engine)
+    rng = random.Random(7)
+    add_rows(engine, [random_row(rng) for _ in range(50)])
+
+    database = Database(url)
+    try:
+        index = MarketIndex()
+        assert_index_agrees(database, index, rng, rounds=5)
+        change_randomly(engine, rng, count=20)
+        assert change_count(engine) > 0
+        assert_index_agrees(database, index, rng, rounds=40)
+    finally:
+        database.dispose()
+        engine.dispose()
+
+
+def test_page_rows_come_in_the_order_asked_and_skip_unknown_ids(database: Database) -> None:
+    rng = random.Random(8)
+    rows = [random_row(rng) for _ in range(6)]
+    add_rows(database.engine, rows)
+    asked = [rows[4]["id"], "res_missing", rows[1]["id"], rows[5]["id"]]
+
+    with database.read() as connection:
+        found = page_rows(connection, asked)
+
+    assert [row.id for row in found] == [rows[4]["id"], rows[1]["id"], rows[5]["id"]]
+    assert found[0].price_per_hour == rows[4]["price_per_hour"]
+    assert found[0].active is rows[4]["active"]
+
+
+# Through the API
+
+
+@pytest.fixture(scope="module")
+def market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """A server of this module's own: its tests write straight into its database."""
+    live = LiveServer(data_dir=tmp_path_factory.mktemp("market") / "data")
+    live.start()
+    yield live
+    live.stop()
+
+
+def api_search(acct: Account, query: dict[str, Any]) -> tuple[int, list[str]]:
+    response = acct.http.get("/resources", params=query)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    return body["total"], [resource["id"] for resource in body["resources"]]
+
+
+def assert_api_agrees(
+    live: LiveServer, acct: Account, rng: random.Random, rounds: int = 40
+) -> None:
+    engine = create_engine(f"sqlite:///{live.data_dir / 'calctra.db'}")
+    try:
+        with engine.connect() as connection:
+            for _ in range(rounds):
+                query = random_query(rng)
+                expected = sql_search(connection, as_filters(query), *bounds(query))
+                assert api_search(acct, query) == expected, query
+    finally:
+        engine.dispose()
+
+
+def random_body(rng: random.Random) -> dict[str, object]:
+    has_gpu = rng.random() < 0.4
+    specs: dict[str, object] = {
+        "cpuCores": rng.choice(CORES),
+        "memoryGb": rng.choice(MEMORY_GB),
+        "storageGb": rng.choice(STORAGE_GB),
+    }
+    if has_gpu:
+        specs.update(gpuModel="NVIDIA L4", gpuMemoryGb=24)
+    kind = "Storage" if not has_gpu and rng.random() < 0.2 else None
+    return resource_body(specs=specs, pricePerHour=rng.choice(PRICES), type=kind)
+
+
+def register(acct: Account, rng: random.Random) -> str:
+    response = acct.http.post("/resources", json=random_body(rng))
+    assert response.status_code == 201, response.text
+    return str(response.json()["resourceId"])
+
+
+def test_listing_agrees_with_sql_after_changes_through_the_api(market: LiveServer) -> None:
+    rng = random.Random(10)
+    owner = new_account(market, "Owner Ola")
+    try:
+        ids = [register(owner, rng) for _ in range(30)]
+        assert_api_agrees(market, owner, rng)
+
+        for _ in range(6):
+            for resource_id in rng.sample(ids, 4):
+                response = owner.http.put(f"/resources/{resource_id}", json=random_body(rng))
+                assert response.status_code == 200, response.text
+            gone = rng.choice(ids)
+            assert owner.http.delete(f"/resources/{gone}").status_code == 200
+            ids.remove(gone)
+            ids += [register(owner, rng) for _ in range(2)]
+            assert_api_agrees(market, owner, rng, rounds=25)
+    finally:
+        owner.http.close()
+
+
+def test_listing_agrees_with_sql_after_direct_writes_to_sqlite(market: LiveServer) -> None:
+    rng = random.Random(11)
+    owner = new_account(market, "Owner Oli")
+    engine = create_engine(f"sqlite:///{market.data_dir / 'calctra.db'}")
+    try:
+        for _ in range(10):
+            register(owner, rng)
+        add_rows(engine, [random_row(rng, owner.user_id) for _ in range(150)])
+        assert_api_agrees(market, owner, rng)
+
+        for _ in range(8):
+            change_randomly(engine, rng, count=rng.randint(1, 10))
+            assert_api_agrees(market, owner, rng, rounds=25)
+    finally:
+        engine.dispose()
+        owner.http.close()
+
+
+def test_second_server_on_the_same_data_sees_the_first_ones_writes(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    rng = random.Random(12)
+    first = make_server(data_dir=tmp_path / "shared")
+    second = make_server(data_dir=tmp_path / "shared")
+    writer = new_account(first, "Writer Wim")
+    reader = new_account(second, "Reader Rae")
+    try:
+        ids = [register(writer, rng) for _ in range(12)]
+        assert_api_agrees(second, reader, rng, rounds=15)
+
+        added = register(writer, rng)
+        cheapest = dict(random_body(rng), pricePerHour=0.01)
+        assert writer.http.put(f"/resources/{ids[0]}", json=cheapest).status_code == 200
+        assert writer.http.delete(f"/resources/{ids[1]}").status_code == 200
+
+        listed = reader.http.get("/resources", params={"limit": 100}).json()
+        listed_ids = [resource["id"] for resource in listed["resources"]]
+        assert listed["total"] == 12
+        assert added in listed_ids and ids[1] not in listed_ids
+        assert listed_ids[0] == ids[0]
+        assert listed["resources"][0]["pricePerHour"] == 0.01
+        assert_api_agrees(second, reader, rng, rounds=30)
+    finally:
+        writer.http.close()
+        reader.http.close()
