@@ -24,7 +24,16 @@ import httpx
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "bench password 1234"
+TRIVIAL_JOB = {
+    "name": "bench job",
+    "type": "custom_code",
+    "code": "print('ok')",
+    "requirements": {"minCpuCores": 1, "minMemoryGb": 0.5, "estimatedDurationHours": 0.01},
+    "budget": 1,
+}
+FINAL_STATUSES = ("COMPLETED", "FAILED", "CANCELLED")
 _STOP_TIMEOUT_S = 15.0
+_POLL_S = 0.05
 
 
 def free_port() -> int:
@@ -64,7 +73,19 @@ class Stack:
     agent: Child
     customer: httpx.Client
     agent_api: httpx.Client
+    """The provider API with the agent's own token, to read back what it accepted."""
     resource_id: str
+
+    def wait_final(self, job_id: str, timeout_s: float = 30.0) -> str:
+        """Poll the job until it ends; returns its final status."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.agent.check_alive()
+            job = self.customer.get(f"/jobs/{job_id}").raise_for_status().json()
+            if job["status"] in FINAL_STATUSES:
+                return str(job["status"])
+            time.sleep(_POLL_S)
+        raise RuntimeError(f"job {job_id} did not end within {timeout_s} s")
 
 
 @contextmanager
@@ -90,7 +111,7 @@ def wait_until(check: Any, what: str, child: Child, timeout_s: float = 30.0) -> 
         child.check_alive()
         if check():
             return
-        time.sleep(0.05)
+        time.sleep(_POLL_S)
     raise RuntimeError(f"{what} did not happen within {timeout_s} s:\n{child.log()[-3000:]}")
 
 

@@ -3,10 +3,12 @@
 Starts a reference server (heartbeat interval 10 s) and the real agent daemon (with the tests'
 ProcessRunner, heartbeat_interval_s 10) in a temp dir, lets it settle for a warm-up, then
 watches the agent process for `--duration` seconds with no job in sight: its RSS every second,
-its CPU time at both ends of the window, and the heartbeats and long polls the server's access
-log recorded in the window.
+its CPU time at both ends of the window (the kernel's per-thread run time, in nanoseconds,
+from /proc/PID/task/*/schedstat; psutil's clock-tick figure beside it), and the heartbeats and
+long polls the server's access log recorded in the window. With `--after-job` the agent first
+runs one job and claims its payment, as a machine that has worked since its start would have.
 
-    .venv/bin/python bench/idle.py [--duration 60] [--warmup 5]
+    .venv/bin/python bench/idle.py [--duration 60] [--warmup 5] [--after-job]
 
 Prints figures; it is not a test and asserts nothing. For comparison, a BOINC client idles at
 about 16 MB and 0.1% CPU.
@@ -26,7 +28,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _stack import Child, stack  # noqa: E402
+from _stack import TRIVIAL_JOB, Child, Stack, stack, wait_until  # noqa: E402
 
 RSS_TARGET_MB = 60.0
 CPU_TARGET_PERCENT = 0.1
@@ -41,6 +43,7 @@ class Window:
 
     wall_s: float
     cpu_s: float
+    cpu_ticks_s: float
     rss_start_mb: float
     rss_max_mb: float
     rss_end_mb: float
@@ -50,9 +53,20 @@ class Window:
     long_polls: int
 
 
-def cpu_s(process: psutil.Process) -> float:
+def cpu_ticks_s(process: psutil.Process) -> float:
     times = process.cpu_times()
     return float(times.user + times.system)
+
+
+def cpu_s(process: psutil.Process) -> float:
+    """Run time of the process's live threads, to the nanosecond."""
+    total_ns = 0
+    for task in Path(f"/proc/{process.pid}/task").iterdir():
+        try:
+            total_ns += int((task / "schedstat").read_text().split()[0])
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that ended while being read
+    return total_ns / 1e9
 
 
 def count_lines(server: Child, marker: str) -> int:
@@ -62,7 +76,7 @@ def count_lines(server: Child, marker: str) -> int:
 def watch(agent: psutil.Process, server: Child, duration_s: float) -> Window:
     heartbeats, polls = count_lines(server, _HEARTBEAT_LINE), count_lines(server, _OFFERS_LINE)
     rss = [agent.memory_info().rss / MB]
-    start_wall, start_cpu = time.monotonic(), cpu_s(agent)
+    start_wall, start_cpu, start_ticks = time.monotonic(), cpu_s(agent), cpu_ticks_s(agent)
     end = start_wall + duration_s
     while (now := time.monotonic()) < end:
         time.sleep(min(1.0, end - now))
@@ -71,6 +85,7 @@ def watch(agent: psutil.Process, server: Child, duration_s: float) -> Window:
     return Window(
         wall_s=wall_s,
         cpu_s=used_s,
+        cpu_ticks_s=cpu_ticks_s(agent) - start_ticks,
         rss_start_mb=rss[0],
         rss_max_mb=max(rss),
         rss_end_mb=rss[-1],
@@ -85,14 +100,26 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "MISSED"
 
 
-def report(window: Window) -> None:
+def run_first_job(live: Stack) -> None:
+    job_id = live.customer.post("/jobs", json=TRIVIAL_JOB).raise_for_status().json()["jobId"]
+    status = live.wait_final(job_id)
+    if status != "COMPLETED":
+        raise RuntimeError(f"job {job_id} ended {status}:\n{live.agent.log()[-3000:]}")
+    wait_until(lambda: "payment claimed" in live.agent.log(), "the claim", live.agent)
+
+
+def report(window: Window, after_job: bool) -> None:
     cpu_percent = window.cpu_s / window.wall_s * 100
-    print(f"idle agent over {window.wall_s:.1f} s (MB = 10^6 bytes)")
+    state = "after one job and its claim" if after_job else "since its start"
+    print(f"agent idle {state}, over {window.wall_s:.1f} s (MB = 10^6 bytes)")
     print(
         f"  RSS      start {window.rss_start_mb:6.1f} MB  max {window.rss_max_mb:6.1f} MB  "
         f"end {window.rss_end_mb:6.1f} MB  (USS at end {window.uss_end_mb:.1f} MB)"
     )
-    print(f"  CPU      {window.cpu_s:.3f} s in {window.wall_s:.1f} s = {cpu_percent:.3f}%")
+    print(
+        f"  CPU      {window.cpu_s:.4f} s in {window.wall_s:.1f} s = {cpu_percent:.3f}%  "
+        f"(psutil, 10 ms ticks: {window.cpu_ticks_s:.2f} s)"
+    )
     print(f"  server   heartbeats {window.heartbeats}  long polls {window.long_polls}")
     print(f"  threads  {window.threads}")
     rss_ok = window.rss_max_mb <= RSS_TARGET_MB
@@ -104,19 +131,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=60.0, help="seconds watched")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds after ready")
+    parser.add_argument(
+        "--after-job", action="store_true", help="run and claim one job before the window"
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     settings = {"heartbeat_interval_s": 10}
-    print(f"machine: {os.cpu_count()} cpus, load average {os.getloadavg()[0]:.2f}")
+    print(f"machine: {os.cpu_count()} cpus, load average {os.getloadavg()[0]:.2f}", flush=True)
     with stack(["--heartbeat-interval", "10"], settings) as live:
+        if args.after_job:
+            run_first_job(live)
         time.sleep(args.warmup)
         live.agent.check_alive()
         window = watch(psutil.Process(live.agent.pid), live.server, args.duration)
         live.agent.check_alive()
-    report(window)
+    report(window, args.after_job)
 
 
 if __name__ == "__main__":

@@ -24,21 +24,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _stack import Stack, stack  # noqa: E402
+from _stack import TRIVIAL_JOB, Stack, stack  # noqa: E402
 
 TARGET_MEDIAN_MS = 150.0
-FINAL = ("COMPLETED", "FAILED", "CANCELLED")
-JOB = {
-    "name": "bench job",
-    "type": "custom_code",
-    "code": "print('ok')",
-    "requirements": {"minCpuCores": 1, "minMemoryGb": 0.5, "estimatedDurationHours": 0.01},
-    "budget": 1,
-}
 _SETTLE_S = 0.3
 """Pause after a job ends, for the agent's report and claim to go out before the next POST."""
 _POLL_S = 0.05
@@ -57,23 +47,13 @@ def ms_since(start: datetime, at: str) -> float:
     return (datetime.fromisoformat(at) - start).total_seconds() * 1000
 
 
-def wait_final(customer: httpx.Client, job_id: str, timeout_s: float = 30.0) -> str:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        status = str(customer.get(f"/jobs/{job_id}").raise_for_status().json()["status"])
-        if status in FINAL:
-            return status
-        time.sleep(_POLL_S)
-    raise RuntimeError(f"job {job_id} did not finish within {timeout_s} s")
-
-
 def run_one(live: Stack) -> Sample:
     start = datetime.now(UTC)
-    posted = live.customer.post("/jobs", json=JOB)
+    posted = live.customer.post("/jobs", json=TRIVIAL_JOB)
     posted_ms = (datetime.now(UTC) - start).total_seconds() * 1000
     job_id = posted.raise_for_status().json()["jobId"]
     time.sleep(_POLL_S)
-    status = wait_final(live.customer, job_id)
+    status = live.wait_final(job_id)
     if status != "COMPLETED":
         raise RuntimeError(f"job {job_id} ended {status}:\n{live.agent.log()[-3000:]}")
     held = live.agent_api.get(f"/provider/jobs/{job_id}").raise_for_status().json()
@@ -116,7 +96,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     settings = {"heartbeat_interval_s": 5, "offer_wait_s": 10, "outbox_interval_s": 1}
-    print(f"machine: {os.cpu_count()} cpus, load average {os.getloadavg()[0]:.2f}")
+    print(f"machine: {os.cpu_count()} cpus, load average {os.getloadavg()[0]:.2f}", flush=True)
     with stack(["--no-access-log", "--heartbeat-interval", "5"], settings) as live:
         first = run_one(live)
         samples = [run_one(live) for _ in range(args.jobs)]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import multiprocessing
 import os
 import random
@@ -39,6 +40,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "bench password 1234"
 LIST_P99_TARGET_MS = 50.0
 USERS_ME_RPS_TARGET = 1000.0
+HEARTBEATS_RPS_TARGET = 1000.0
+HEARTBEAT_AGENTS = 200
 GPU_MODELS = [
     ("NVIDIA H100", 80.0),
     ("NVIDIA A100", 40.0),
@@ -57,7 +60,7 @@ RANDOM_MIN_CPUS = [1, 2, 4, 8, 16, 32, 64]
 RANDOM_LIST_LABEL = "GET /v1/api/resources?<random minCpu,maxPrice,hasGpu,page 1-5>"
 # The uvicorn settings of calctra_agent.server_stub._serve.serve, access log off; loop and
 # http are uvicorn's "auto" (uvloop and httptools where installed) in both servers.
-UVICORN_SETTINGS = {
+UVICORN_SETTINGS: dict[str, Any] = {
     "log_config": None,
     "access_log": False,
     "proxy_headers": False,
@@ -228,10 +231,10 @@ def seed(database_url: str, owner_id: str, count: int) -> None:
     engine = create_engine(database_url)
     with engine.begin() as connection:
         if users:
-            connection.execute(insert(User.__table__), users)
+            connection.execute(insert(User), users)
         rows = list(resource_rows(count, owners, rng))
         for start in range(0, len(rows), 20_000):
-            connection.execute(insert(Resource.__table__), rows[start : start + 20_000])
+            connection.execute(insert(Resource), rows[start : start + 20_000])
     engine.dispose()
 
 
@@ -275,15 +278,25 @@ def random_list_path(rng: random.Random) -> str:
 
 @dataclass(frozen=True)
 class Target:
-    """What the load asks for: `path` every time, or a new random listing if it is None."""
+    """What the load asks for: `path` every time, or a new random listing if it is None.
+    With `tokens`, each request is a POST of `body` from one of those agents, at random."""
 
     path: str | None
     token: str | None
+    body: bytes = b""
+    tokens: tuple[str, ...] = ()
 
     def request(self, rng: random.Random) -> bytes:
         path = self.path or random_list_path(rng)
-        auth = f"authorization: Bearer {self.token}\r\n" if self.token else ""
-        return f"GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\n{auth}\r\n".encode()
+        token = rng.choice(self.tokens) if self.tokens else self.token
+        auth = f"authorization: Bearer {token}\r\n" if token else ""
+        if not self.tokens:
+            return f"GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\n{auth}\r\n".encode()
+        head = (
+            f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\n{auth}"
+            f"content-type: application/json\r\ncontent-length: {len(self.body)}\r\n\r\n"
+        )
+        return head.encode() + self.body
 
 
 class _LoadConnection(asyncio.Protocol):
@@ -357,9 +370,8 @@ async def _drive(port: int, target: Target, connections: int, window: Window) ->
     finished = []
     for _ in range(connections):
         done = loop.create_future()
-        await loop.create_connection(
-            lambda done=done: _LoadConnection(target, window, stats, done), "127.0.0.1", port
-        )
+        connection = functools.partial(_LoadConnection, target, window, stats, done)
+        await loop.create_connection(connection, "127.0.0.1", port)
         finished.append(done)
     await asyncio.wait_for(asyncio.gather(*finished), window.end - time.monotonic() + 30)
     return stats
@@ -417,9 +429,10 @@ def measure(
     path: str | None,
     token: str | None,
     args: argparse.Namespace,
+    target: Target | None = None,
 ) -> Result:
     """Load `path`, or a new random listing each request if it is None, for the window."""
-    target = Target(path, token)
+    target = target or Target(path, token)
     start_wall = time.time() + 0.5
     context = multiprocessing.get_context("spawn")
     per_process = [args.connections // args.processes] * args.processes
@@ -505,7 +518,42 @@ def bench_reference(args: argparse.Namespace, work_dir: Path) -> Result:
         result = measure(server, "GET /v1/api/users/me", "/v1/api/users/me", token, args)
         met = verdict(result.rps >= USERS_ME_RPS_TARGET)
         print_result(result, f"target >= {USERS_ME_RPS_TARGET:g} req/s: {met}")
+        measure_heartbeats(server, token, args)
     return result
+
+
+def agent_tokens(base_url: str, user_token: str, count: int) -> tuple[str, ...]:
+    """Register `count` resources of the bench user through the API, each with an agent
+    token, as `calctra-agent login` does on each machine."""
+    headers = {"authorization": f"Bearer {user_token}"}
+    tokens = []
+    with httpx.Client(base_url=f"{base_url}/v1/api", headers=headers, timeout=30) as client:
+        for index in range(count):
+            body = {
+                "name": f"agent machine {index}",
+                "specs": {"cpuCores": 8, "memoryGb": 32, "storageGb": 200},
+                "pricePerHour": 1.0,
+            }
+            created = client.post("/resources", json=body).raise_for_status()
+            resource_id = created.json()["resourceId"]
+            issued = client.post("/agent-tokens", json={"resourceId": resource_id})
+            tokens.append(issued.raise_for_status().json()["token"])
+    return tuple(tokens)
+
+
+def measure_heartbeats(server: ServerProcess, user_token: str, args: argparse.Namespace) -> None:
+    tokens = agent_tokens(server.base_url, user_token, HEARTBEAT_AGENTS)
+    body = (
+        b'{"agentVersion":"0.1.0","utilization":{"cpuPercent":12.5,"memoryUsedGb":7.1,'
+        b'"gpus":[{"uuid":"GPU-0","utilizationPercent":40,"memoryUsedGb":3.2,'
+        b'"temperatureC":61}]},"runningJobs":[]}'
+    )
+    path = "/v1/api/provider/heartbeat"
+    target = Target(path, None, body=body, tokens=tokens)
+    label = f"POST {path} ({HEARTBEAT_AGENTS} agents)"
+    result = measure(server, label, path, None, args, target=target)
+    met = verdict(result.rps >= HEARTBEATS_RPS_TARGET)
+    print_result(result, f"target >= {HEARTBEATS_RPS_TARGET:g} req/s: {met}")
 
 
 def bench_baseline(args: argparse.Namespace, work_dir: Path) -> Result:

@@ -48,7 +48,7 @@ def pricing_set(
     price: Annotated[float, typer.Argument(min=0, help="Tokens per hour.")],
     config: ConfigOption = None,
 ) -> None:
-    """Change the price now, on the platform and for the running agent's next start."""
+    """Change the price now: on the platform, for the running agent's offers, and after."""
     from calctra_agent.daemon import PRICE_OVERRIDE_KEY, open_session
 
     session = open_session(load(config))

@@ -2,7 +2,6 @@
 
 from calctra_agent.daemon._agent import Agent, AgentConfig
 from calctra_agent.daemon._assemble import (
-    PRICE_OVERRIDE_KEY,
     Session,
     build_agent,
     effective_price,
@@ -19,7 +18,7 @@ from calctra_agent.daemon._decide import (
 )
 from calctra_agent.daemon._notify import notify
 from calctra_agent.daemon._resource import remember_registration, sync_resource
-from calctra_agent.daemon._state import Credentials, LocalJob, State
+from calctra_agent.daemon._state import PRICE_OVERRIDE_KEY, Credentials, LocalJob, State
 
 __all__ = [
     "PRICE_OVERRIDE_KEY",

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -68,6 +70,7 @@ class Agent:
         runner: Runner,
         sign_claim: Any,
         sample_utilization: Any,
+        stop_requests: threading.Event | None = None,
     ) -> None:
         self.config = config
         self.state = state
@@ -76,11 +79,17 @@ class Agent:
         self.sample_utilization = sample_utilization
         self.reports = ReportSender(state, client, sign_claim, self._cancel_local)
         self._stopping = threading.Event()
+        self._offers_closed = threading.Event()
         self._aborting = threading.Event()
         self._grants: dict[str, Grant] = {}
         self._grants_lock = threading.Lock()
         self._active: bool | None = None
         self._offers_error: str | None = None
+        # Set once the agent leaves: the client's retries end then, not after their backoff.
+        self._stop_requests = stop_requests or threading.Event()
+        # Held while changing the scheduler's jobs; see _schedule.
+        self._scheduling = threading.Lock()
+        self._scheduler_closing = False
         self._scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(max_workers=2)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30},
@@ -89,9 +98,12 @@ class Agent:
     # lifecycle
 
     def run(self) -> None:
+        """Run the daemon until `stop()`, taking offers in a thread of their own."""
         self.startup()
+        offers = threading.Thread(target=self.take_offers, name="offers", daemon=True)
         try:
-            self.take_offers()
+            offers.start()
+            self.wait_stopped()
         finally:
             self.shutdown()
 
@@ -118,7 +130,8 @@ class Agent:
             pass
 
     def stop(self) -> None:
-        """First call: stop taking offers. Second call: stop waiting for running jobs."""
+        """First call: stop taking offers (those that come while jobs drain are declined).
+        Second call: stop waiting for running jobs."""
         if self._stopping.is_set():
             logger.warning("second stop signal: aborting")
             self._aborting.set()
@@ -131,7 +144,12 @@ class Agent:
         else:
             self.runner.detach()
             logger.info("leaving jobs running for the next start jobs=%d", len(self._grants))
-        self._scheduler.shutdown(wait=not self._aborting.is_set())
+        self._offers_closed.set()
+        self._stop_requests.set()
+        with self._scheduling:
+            self._scheduler_closing = True
+        if self._scheduler.running:  # not when the start failed
+            self._scheduler.shutdown(wait=not self._aborting.is_set())
         try:
             self.reports.flush()
         except CalctraError as exc:
@@ -149,17 +167,19 @@ class Agent:
     # offers
 
     def take_offers(self) -> None:
-        while not self._stopping.is_set():
+        """Poll for offers until the agent leaves: while it drains after `stop()`, offers are
+        declined, so that the platform matches them elsewhere."""
+        while not self._offers_closed.is_set():
             batch = self._poll_offers()
             if batch is None:
-                self._stopping.wait(_OFFER_ERROR_PAUSE_S)
+                self._offers_closed.wait(_OFFER_ERROR_PAUSE_S)
                 continue
             for job_id in batch.cancelled_jobs:
                 self._cancel_local(job_id)
             for offer in batch.offers:
                 self.consider(offer)
             if batch.cancelled_jobs and not batch.offers:
-                self._stopping.wait(_CANCEL_PENDING_PAUSE_S)
+                self._offers_closed.wait(_CANCEL_PENDING_PAUSE_S)
 
     def _poll_offers(self) -> OfferBatch | None:
         """The next batch of offers; None when the poll failed, logged once until it works
@@ -167,7 +187,8 @@ class Agent:
         try:
             batch = self.client.wait_for_offers(self.config.offer_wait_s)
         except (ApiUnavailable, ApiError) as exc:
-            if str(exc) != self._offers_error:
+            # Once the agent leaves, requests give up on purpose: nothing to warn about.
+            if str(exc) != self._offers_error and not self._stop_requests.is_set():
                 logger.warning("waiting for offers failed error=%s", exc)
             self._offers_error = str(exc)
             return None
@@ -186,7 +207,7 @@ class Agent:
                 offer,
                 self.config.capacity,
                 list(self._grants.values()),
-                self.config.terms,
+                self._terms(),
                 datetime.now(UTC),
             )
             if isinstance(decision, Accept):
@@ -195,6 +216,13 @@ class Agent:
             self._decline(offer, decision.reason, decision.message)
             return
         self._accept(offer, decision.grant)
+
+    def _terms(self) -> Terms:
+        """The configured terms, at the price that `pricing set` gave since the start."""
+        price = self.state.price_override()
+        if price is None or price == self.config.terms.price_per_hour:
+            return self.config.terms
+        return dataclasses.replace(self.config.terms, price_per_hour=price)
 
     def _decline(self, offer: Offer, reason: DeclineReason, message: str) -> None:
         logger.info(
@@ -317,14 +345,27 @@ class Agent:
         self._kick_outbox()
 
     def _kick_outbox(self) -> None:
-        if self._scheduler.running:
-            self._scheduler.modify_job("outbox", next_run_time=datetime.now(UTC))
+        self._schedule(
+            lambda: self._scheduler.modify_job("outbox", next_run_time=datetime.now(UTC))
+        )
+
+    def _schedule(self, change: Callable[[], object]) -> None:
+        """Change the scheduler's jobs, unless it is shutting down: its shutdown waits for the
+        running jobs while holding the lock that a change takes, so a job (a heartbeat that
+        reschedules itself) making one then would never end."""
+        with self._scheduling:
+            if self._scheduler.running and not self._scheduler_closing:
+                change()
 
     # heartbeat
 
     def _heartbeat_job(self) -> None:
         interval = self.heartbeat()
-        self._scheduler.reschedule_job("heartbeat", trigger="interval", seconds=interval)
+        self._schedule(
+            lambda: self._scheduler.reschedule_job(
+                "heartbeat", trigger="interval", seconds=interval
+            )
+        )
 
     def heartbeat(self) -> float:
         """Send one heartbeat; returns the seconds until the next one."""
@@ -337,7 +378,7 @@ class Agent:
         try:
             answer = self.client.heartbeat(request)
         except (ApiUnavailable, ApiError) as exc:
-            if self._active is not False:
+            if self._active is not False and not self._stop_requests.is_set():
                 logger.warning("heartbeat failed error=%s", exc)
             self._active = False
         else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
@@ -22,8 +22,6 @@ from calctra_agent.wallet import ClaimSigner
 
 logger = logging.getLogger(__name__)
 
-PRICE_OVERRIDE_KEY = "price_per_hour"
-
 
 @dataclass(frozen=True)
 class Session:
@@ -32,6 +30,8 @@ class Session:
     state: State
     credentials: Credentials
     client: CalctraClient
+    stop_requests: threading.Event = field(default_factory=threading.Event)
+    """Set, it ends the client's waits between retries at once."""
 
 
 def open_session(settings: AgentSettings) -> Session:
@@ -45,14 +45,15 @@ def open_session(settings: AgentSettings) -> Session:
             f"this machine is not registered yet (no credentials in {settings.state_dir}); "
             "run `calctra-agent login` first"
         )
-    client = CalctraClient(settings.api_url, token=credentials.agent_token)
-    return Session(state, credentials, client)
+    stop_requests = threading.Event()
+    client = CalctraClient(settings.api_url, token=credentials.agent_token, stop=stop_requests)
+    return Session(state, credentials, client, stop_requests)
 
 
 def effective_price(settings: AgentSettings, state: State) -> float | None:
     """The price set with `pricing set`, else the configured one."""
-    override = state.get(PRICE_OVERRIDE_KEY)
-    return float(override) if override is not None else settings.price_per_hour
+    override = state.price_override()
+    return override if override is not None else settings.price_per_hour
 
 
 def terms_for(
@@ -95,6 +96,7 @@ def build_agent(settings: AgentSettings, session: Session, runner: Runner) -> Ag
         runner,
         sign_claim=sign_claim,
         sample_utilization=lambda: sample_utilization(reservation),
+        stop_requests=session.stop_requests,
     )
 
 
@@ -113,9 +115,8 @@ def run_until_signalled(agent: Agent) -> None:
     try:
         agent.startup()
         offers.start()
+        # The offers go on while jobs drain; the thread's last long poll need not finish.
         agent.wait_stopped()
-        # The long poll may sit in a request for a while: it need not finish.
-        offers.join(timeout=1.0)
     finally:
         agent.shutdown()
         for sig, handler in previous.items():

@@ -48,6 +48,9 @@ CREATE INDEX IF NOT EXISTS ix_outbox_job ON outbox (job_id, seq);
 
 OPEN_STATUSES = ("ACCEPTED", "RUNNING")
 
+PRICE_OVERRIDE_KEY = "price_per_hour"
+"""The meta key of the price `calctra-agent pricing set` gave, which wins over the setting."""
+
 
 @dataclass(frozen=True)
 class Credentials:
@@ -129,6 +132,10 @@ class State:
                     db.execute(
                         "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value)
                     )
+
+    def price_override(self) -> float | None:
+        value = self.get(PRICE_OVERRIDE_KEY)
+        return None if value is None else float(value)
 
     def credentials(self) -> Credentials | None:
         resource_id, token, token_id = (

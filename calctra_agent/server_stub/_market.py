@@ -16,9 +16,9 @@ it applied, in the same read snapshot as the page. The triggers keep the newest
 `KEPT_CHANGES` entries; a process that fell further behind reloads everything.
 
 The triggers are SQLite's. On any other database the listing is the plain SQL query
-(`sql_search`): PostgreSQL would need a trigger function and, because its sequences are not
-handed out in commit order, a way not to skip a change that commits after a newer one;
-neither is written here, since no PostgreSQL is tested.
+(`sql_search`), exact but with SQL's count: PostgreSQL would need a trigger function and,
+because its sequences are not handed out in commit order, a lock that keeps a change from
+committing after a newer one; neither is written, as the project's tests run no PostgreSQL.
 """
 
 from __future__ import annotations
@@ -38,12 +38,12 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Integer,
-    Row,
     String,
     bindparam,
     event,
     func,
     select,
+    type_coerce,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -115,7 +115,7 @@ class Filters:
 
     def conditions(self) -> list[ColumnElement[bool]]:
         """The listing's WHERE clause: active resources that pass every filter."""
-        conditions = [Resource.active.is_(True)]
+        conditions: list[ColumnElement[bool]] = [Resource.active.is_(True)]
         if self.type is not None:
             conditions.append(Resource.type == self.type)
         if self.min_cpu is not None:
@@ -196,7 +196,7 @@ def _sqlite_rows(
     cursor = connection.connection.cursor()
     try:
         cursor.execute(sql, parameters)
-        return cursor.fetchall()
+        return list(cursor.fetchall())
     finally:
         cursor.close()
 
@@ -205,7 +205,7 @@ def _page_row(*values: Any) -> PageRow:
     # What SQLAlchemy's JSON and Boolean types make of SQLite's values.
     *plain, availability, reputation, active = values
     loaded = None if availability is None else json.loads(availability)
-    return PageRow(*plain, loaded, reputation, bool(active))
+    return PageRow._make([*plain, loaded, reputation, bool(active)])
 
 
 _LISTED_ROWS = select(
@@ -214,7 +214,9 @@ _LISTED_ROWS = select(
     Resource.cpu_cores,
     Resource.memory_gb,
     Resource.storage_gb,
-    Resource.has_gpu,
+    # As stored, not as a bool: the filter is `has_gpu IS 1` (or 0), which a 2 passes as
+    # neither.
+    type_coerce(Resource.has_gpu, Integer).label("has_gpu"),
     Resource.price_per_hour,
 ).where(Resource.active.is_(True))
 _ALL_LISTED = _LISTED_ROWS.order_by(*_ORDER)
@@ -223,10 +225,23 @@ _ALL_LISTED = _LISTED_ROWS.order_by(*_ORDER)
 _SEQ_RANGE = "SELECT (SELECT max(seq) FROM market_changes), (SELECT min(seq) FROM market_changes)"
 
 
+def _first_hits(mask: np.ndarray, wanted: int, total: int) -> np.ndarray:
+    """The positions of the first `wanted` of the `total` true values in `mask`: from a prefix
+    of the mask where they are spread evenly enough, which a first page's are, or else all."""
+    if wanted <= 0:
+        return np.empty(0, dtype=np.intp)
+    prefix = len(mask) * wanted * 2 // total + 64
+    if prefix < len(mask):
+        hits = np.flatnonzero(mask[:prefix])
+        if len(hits) >= wanted:
+            return hits[:wanted]
+    return np.flatnonzero(mask)[:wanted]
+
+
 class _Columns:
     """The listed columns of the active resources, as arrays sorted by (price, id)."""
 
-    def __init__(self, rows: Sequence[Row[Any]], type_codes: dict[str, int]) -> None:
+    def __init__(self, rows: Sequence[Any], type_codes: dict[str, int]) -> None:
         self._type_codes = type_codes
         columns = list(zip(*rows, strict=True)) if rows else [()] * 7
         ids, types, cpu, memory, storage, gpu, price = columns
@@ -235,7 +250,7 @@ class _Columns:
         self.cpu = np.array(cpu, dtype=np.int64)
         self.memory = np.array(memory, dtype=np.float64)
         self.storage = np.array(storage, dtype=np.float64)
-        self.gpu = np.array(gpu, dtype=np.bool_)
+        self.gpu = np.array(gpu, dtype=np.int64)
         self.price = np.array(price, dtype=np.int64)
         self._price_of = dict(zip(ids, price, strict=True))
 
@@ -256,8 +271,9 @@ class _Columns:
         mask = masks[0]
         for other in masks[1:]:
             mask &= other
-        hits = np.flatnonzero(mask)
-        return len(hits), self.ids[hits[offset : offset + limit]].tolist()
+        total = int(np.count_nonzero(mask))
+        hits = _first_hits(mask, min(offset + limit, total), total)
+        return total, self.ids[hits[offset:]].tolist()
 
     def _masks(self, filters: Filters, end: int) -> list[np.ndarray]:
         masks = []
@@ -270,7 +286,7 @@ class _Columns:
         if filters.min_storage is not None:
             masks.append(self.storage[:end] >= filters.min_storage)
         if filters.has_gpu is not None:
-            masks.append(self.gpu[:end] == filters.has_gpu)
+            masks.append(self.gpu[:end] == int(filters.has_gpu))
         return masks
 
     def _position(self, resource_id: str, price: int) -> int:
@@ -289,7 +305,7 @@ class _Columns:
             for name in ("ids", "type", "cpu", "memory", "storage", "gpu", "price"):
                 setattr(self, name, np.delete(getattr(self, name), positions))
 
-    def add(self, rows: Iterable[Row[Any]]) -> None:
+    def add(self, rows: Iterable[Any]) -> None:
         """Insert resources that are not in the index, keeping the order."""
         ordered = sorted(rows, key=lambda row: (row.price_per_hour, row.id))
         if not ordered:
@@ -365,7 +381,7 @@ class MarketIndex:
                 .distinct()
             )
         )
-        rows = []
+        rows: list[Any] = []
         for start in range(0, len(changed), _IDS_PER_QUERY):
             chunk = changed[start : start + _IDS_PER_QUERY]
             rows += connection.execute(_LISTED_ROWS.where(Resource.id.in_(chunk))).all()

@@ -6,7 +6,7 @@ daemon as `python -m tests.agent_main` (the real daemon, with the tests' Process
 `stop()` / `kill()` end it. The `market` fixture makes machines, accounts and jobs on one
 server for the whole package, and removes them at the end of each test so that the next one
 starts from an empty market: a leftover resource or job would be matched to the next test's
-jobs or machines.
+jobs or machines. Tests that stop the server use `module_server` with `open_market`.
 """
 
 from __future__ import annotations
@@ -22,21 +22,24 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import psutil
 import pytest
 
 from tests.conftest import PASSWORD, Account, LiveServer, MakeServer, job_body, new_account
+from tests.server_stub.provider_support import get_job
 
 REPO = Path(__file__).resolve().parents[2]
 SERVER_FLAGS = (
     "--dev-faucet", "--rate-limit", "1000000",
-    "--heartbeat-interval", "1", "--heartbeat-timeout", "6",
+    "--heartbeat-interval", "1", "--heartbeat-timeout", "3",
 )  # fmt: skip
-"""A heartbeat a second; a silent resource turns inactive after 6 s, and the matcher runs
-every 3 s."""
+"""A heartbeat a second; a silent resource turns inactive after 3 s, and the matcher runs
+every 1.5 s."""
 
 PRICE_PER_HOUR = 3600.0
 """A token a second: payments for jobs of a few seconds are whole tokens."""
@@ -99,6 +102,64 @@ def job_code(
         ]
     lines += [f"print('job done, exit {exit_code}')", f"sys.exit({exit_code})"]
     return "\n".join(lines) + "\n"
+
+
+def job_when(acct: Account, job_id: str, **expected: Any) -> dict[str, Any] | None:
+    """The job as its owner sees it, once every field in `expected` has that value."""
+    job = get_job(acct, job_id)
+    return job if all(job.get(k) == v for k, v in expected.items()) else None
+
+
+def wait_job(acct: Account, job_id: str, timeout_s: float = 30, **expected: Any) -> dict[str, Any]:
+    return wait_for(
+        lambda: job_when(acct, job_id, **expected), timeout_s, f"job {job_id} with {expected}"
+    )
+
+
+def transactions(market: Market, job_id: str, kind: str) -> list[int]:
+    rows = server_sql(
+        market.live,
+        "SELECT amount FROM transactions WHERE type = ? AND related_id = ?",
+        kind,
+        job_id,
+    )
+    return [amount for (amount,) in rows]
+
+
+def paid(market: Market, job_id: str) -> bool:
+    return bool(transactions(market, job_id, "PAYMENT"))
+
+
+def declines(market: Market, job_id: str) -> list[tuple[str, str]]:
+    return [
+        (resource_id, reason)
+        for resource_id, reason in server_sql(
+            market.live,
+            "SELECT resource_id, reason FROM job_declines WHERE job_id = ?",
+            job_id,
+        )
+    ]
+
+
+def metered_s(job: dict[str, Any]) -> float:
+    started = datetime.fromisoformat(job["startedAt"])
+    completed = datetime.fromisoformat(job["completedAt"])
+    return (completed - started).total_seconds()
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def outbox(machine: Machine, job_id: str) -> int:
+    with closing(sqlite3.connect(machine.state_dir / "agent.db", timeout=30)) as conn:
+        (count,) = conn.execute(
+            "SELECT COUNT(*) FROM outbox WHERE job_id = ?", (job_id,)
+        ).fetchone()
+    return int(count)
 
 
 def quick_job(**overrides: object) -> dict[str, object]:
@@ -308,7 +369,7 @@ class Market:
             "resource_name": root.name,
             "price_per_hour": PRICE_PER_HOUR,
             "heartbeat_interval_s": 1,
-            "offer_wait_s": 5,
+            "offer_wait_s": 2,
             "outbox_interval_s": 0.5,
             "max_concurrent_jobs": 2,
         }
@@ -405,3 +466,13 @@ def customer(market: Market) -> Account:
 def own_server(make_server: MakeServer, *flags: str) -> LiveServer:
     """A server of the test's own, with the daemon tests' flags and `flags` after them."""
     return make_server(*SERVER_FLAGS, *flags)
+
+
+@pytest.fixture(scope="module")
+def module_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """A server for one module's tests, which may stop it; each test leaves it running."""
+    live = LiveServer(data_dir=tmp_path_factory.mktemp("module") / "data", flags=[*SERVER_FLAGS])
+    live.start()
+    yield live
+    if live.process is not None and live.process.poll() is None:
+        live.stop()

@@ -5,18 +5,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tests.conftest import MakeServer
-from tests.daemon.conftest import OpenMarket, job_code, own_server, wait_for
-from tests.daemon.test_agent import get_job, wait_job
+from tests.conftest import Account
+from tests.daemon.conftest import Machine, Market, job_code, wait_for, wait_job
+from tests.server_stub.provider_support import get_job
 
 
 def test_stopped_agents_resource_turns_inactive_gets_no_matches_and_returns_on_restart(
-    make_server: MakeServer, open_market: OpenMarket, tmp_path: Path
+    market: Market, machine: Machine, customer: Account, tmp_path: Path
 ) -> None:
-    live = own_server(make_server, "--heartbeat-timeout", "2")
-    market = open_market(live)
-    customer = market.account("Customer Carol", deposit=1000)
-    machine = market.machine()
+    # The daemon tests' server expires a resource after 3 s without a heartbeat.
     machine.start()
     resource = f"/resources/{machine.resource_id}"
 

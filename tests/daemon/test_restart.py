@@ -6,16 +6,20 @@ import signal
 import time
 from pathlib import Path
 
-from tests.conftest import Account, MakeServer
+from tests.conftest import Account, LiveServer
 from tests.daemon.conftest import (
     Machine,
     Market,
     OpenMarket,
+    alive,
+    declines,
     job_code,
-    own_server,
+    outbox,
+    paid,
+    transactions,
     wait_for,
+    wait_job,
 )
-from tests.daemon.test_agent import alive, outbox, paid, transactions, wait_job
 
 
 def job_pid(machine: Machine, job_id: str) -> int:
@@ -27,9 +31,9 @@ def exited(machine: Machine, job_id: str) -> bool:
 
 
 def test_reports_and_claim_made_while_the_server_is_down_reach_it_once_it_returns(
-    make_server: MakeServer, open_market: OpenMarket, tmp_path: Path
+    module_server: LiveServer, open_market: OpenMarket, tmp_path: Path
 ) -> None:
-    live = own_server(make_server)
+    live = module_server
     market = open_market(live)
     customer = market.account("Customer Carol", deposit=1000)
     machine = market.machine()
@@ -100,10 +104,15 @@ def test_sigterm_exits_at_once_and_leaves_the_job_running_for_the_next_start(
     assert runs.read_text() == "ran\n"
 
 
+def offer_polls(market: Market) -> int:
+    lines = market.live.log().splitlines()[market.log_start :]
+    return sum(1 for line in lines if "GET /v1/api/provider/offers" in line)
+
+
 def test_sigterm_with_drain_on_stop_waits_for_the_running_job_to_finish(
     market: Market, customer: Account, tmp_path: Path
 ) -> None:
-    machine = market.machine(drain_on_stop=True)
+    machine = market.machine(drain_on_stop=True, offer_wait_s=1)
     machine.start()
     go = tmp_path / "go"
     job_id = market.job(customer, code=job_code(go=go))
@@ -111,6 +120,12 @@ def test_sigterm_with_drain_on_stop_waits_for_the_running_job_to_finish(
 
     machine.send(signal.SIGTERM)
     machine.wait_log("draining jobs=1")
+    # The agent still polls while it drains, and declines what is offered meanwhile, for the
+    # platform to match it elsewhere.
+    polls = offer_polls(market)
+    wait_for(lambda: offer_polls(market) >= polls + 2, what="polls during the drain")
+    offered = market.job(customer)
+    wait_for(lambda: declines(market, offered), what="the decline")
     assert machine.running
     go.touch()
     assert machine.wait_exit(timeout_s=30) == 0
@@ -118,6 +133,8 @@ def test_sigterm_with_drain_on_stop_waits_for_the_running_job_to_finish(
     assert "drain complete jobs_left=0" in machine.log()
     assert get_status(customer, job_id) == "COMPLETED"
     assert paid(market, job_id)
+    assert declines(market, offered) == [(machine.resource_id, "SHUTTING_DOWN")]
+    assert get_status(customer, offered) == "CREATED"
 
 
 def test_second_sigterm_during_the_drain_exits_at_once_leaving_the_job_running(
@@ -138,3 +155,19 @@ def test_second_sigterm_during_the_drain_exits_at_once_leaving_the_job_running(
     assert "drain complete jobs_left=1" in machine.log()
     assert alive(job_pid(machine, job_id))
     assert get_status(customer, job_id) == "RUNNING"
+
+
+def test_sigterm_while_the_server_is_down_exits_at_once(
+    module_server: LiveServer, open_market: OpenMarket
+) -> None:
+    machine = open_market(module_server).machine()
+    machine.start()
+    module_server.stop()
+    try:
+        # A heartbeat retries meanwhile: the stop neither waits for it nor hangs on it.
+        machine.wait_log("api retry method=POST path=/api/provider/heartbeat")
+        started = time.monotonic()
+        assert machine.stop(signal.SIGTERM) == 0
+        assert time.monotonic() - started < 3
+    finally:
+        module_server.start()

@@ -103,7 +103,7 @@ def bounds(query: dict[str, Any]) -> tuple[int, int]:
 def add_owner(engine: Engine, owner: str = OWNER) -> None:
     with engine.begin() as connection:
         connection.execute(
-            insert(User.__table__),
+            insert(User),
             [
                 {
                     "id": owner,
@@ -117,7 +117,7 @@ def add_owner(engine: Engine, owner: str = OWNER) -> None:
 
 def add_rows(engine: Engine, rows: list[dict[str, Any]]) -> None:
     with engine.begin() as connection:
-        connection.execute(insert(Resource.__table__), rows)
+        connection.execute(insert(Resource), rows)
 
 
 def resource_ids(engine: Engine) -> list[str]:
@@ -127,16 +127,18 @@ def resource_ids(engine: Engine) -> list[str]:
 
 def change_randomly(engine: Engine, rng: random.Random, count: int) -> None:
     """`count` random writes: inserts, deletes, listed columns changed, activation flipped,
-    ids changed, and changes to columns that the listing does not show."""
+    ids changed, a has_gpu that is neither 0 nor 1 (SQLAlchemy would refuse it, SQLite takes
+    it), and changes to columns that the listing does not show."""
     ids = resource_ids(engine)
     with engine.begin() as connection:
         for _ in range(count):
             row_id = rng.choice(ids)
             where = Resource.id == row_id
-            action = rng.choice(["insert", "delete", "listed", "listed", "active", "id", "name"])
+            actions = ["insert", "delete", "listed", "listed", "active", "id", "odd", "name"]
+            action = rng.choice(actions)
             if action == "insert":
                 row = random_row(rng)
-                connection.execute(insert(Resource.__table__), [row])
+                connection.execute(insert(Resource), [row])
                 ids.append(row["id"])
             elif action == "delete" and len(ids) > 1:
                 connection.execute(delete(Resource).where(where))
@@ -149,6 +151,9 @@ def change_randomly(engine: Engine, rng: random.Random, count: int) -> None:
                 connection.execute(update(Resource).where(where).values({column: fresh[column]}))
             elif action == "active":
                 connection.execute(update(Resource).where(where).values(active=~Resource.active))
+            elif action == "odd":
+                odd_gpu = text("UPDATE resources SET has_gpu = 2 WHERE id = :id")
+                connection.execute(odd_gpu, {"id": row_id})
             elif action == "id":
                 new_id = f"res_{rng.getrandbits(48):012x}"
                 connection.execute(update(Resource).where(where).values(id=new_id))
@@ -196,6 +201,21 @@ def test_index_agrees_with_sql_on_a_fresh_market(database: Database) -> None:
 
 def test_index_agrees_with_sql_on_an_empty_market(database: Database) -> None:
     assert_index_agrees(database, MarketIndex(), random.Random(2), rounds=20)
+
+
+def test_index_finds_pages_whose_matches_all_come_last(database: Database) -> None:
+    rng = random.Random(13)
+    cheap = [dict(random_row(rng), has_gpu=False, price_per_hour=100 + n) for n in range(400)]
+    dear = [dict(random_row(rng), has_gpu=True, price_per_hour=10**9 + n) for n in range(30)]
+    add_rows(database.engine, cheap + dear)
+    index = MarketIndex()
+
+    with database.read() as connection:
+        for offset, limit in [(0, 1), (0, 5), (3, 4), (25, 10), (30, 5)]:
+            gpu = Filters(has_gpu=True)
+            expected = sql_search(connection, gpu, offset, limit)
+            assert index.search(connection, gpu, offset, limit) == expected
+            assert expected[0] == sum(row["active"] for row in dear)
 
 
 def test_index_follows_writes_of_another_process(
@@ -289,6 +309,23 @@ def test_a_database_from_before_the_index_gets_its_change_log(tmp_path: Path) ->
     finally:
         database.dispose()
         engine.dispose()
+
+
+def test_a_read_sees_the_database_as_of_its_first_statement(
+    database: Database, other_process: Engine
+) -> None:
+    rng = random.Random(9)
+    add_rows(other_process, [random_row(rng)])
+    count = select(func.count()).select_from(Resource)
+
+    with database.read() as connection:
+        before = connection.scalar(count)
+        add_rows(other_process, [random_row(rng)])
+        during = connection.scalar(count)
+    with database.read() as connection:
+        after = connection.scalar(count)
+
+    assert (before, during, after) == (1, 1, 2)
 
 
 def test_page_rows_come_in_the_order_asked_and_skip_unknown_ids(database: Database) -> None:
