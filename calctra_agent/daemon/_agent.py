@@ -185,7 +185,7 @@ class Agent:
         """The next batch of offers; None when the poll failed, logged once until it works
         again or fails otherwise."""
         try:
-            batch = self.client.wait_for_offers(self.config.offer_wait_s)
+            batch: OfferBatch = self.client.wait_for_offers(self.config.offer_wait_s)
         except (ApiUnavailable, ApiError) as exc:
             # Once the agent leaves, requests give up on purpose: nothing to warn about.
             if str(exc) != self._offers_error and not self._stop_requests.is_set():
