@@ -30,8 +30,7 @@ def keygen_file(path: Path, keypair: Keypair) -> Path:
 
 def test_daemon_imports_none_of_the_heavy_modules_it_needs_only_later() -> None:
     code = (
-        "import sys, tests.agent_main\n"
-        f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
+        f"import sys, tests.agent_main\nprint(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True
