@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 import pytest
@@ -208,3 +208,21 @@ def job_body(**overrides: object) -> dict[str, object]:
     }
     body.update(overrides)
     return body
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """Check the documented error envelope; returns its details."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert body["error"]["code"] == code, body
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    details: dict[str, Any] = body["error"]["details"]
+    assert isinstance(details, dict)
+    return details
+
+
+def balance(acct: Account) -> float:
+    response = acct.http.get("/tokens/balance")
+    assert response.status_code == 200, response.text
+    return float(response.json()["balance"])

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import Account
+from tests.conftest import Account, balance
 from tests.daemon.conftest import (
     PRICE_PER_HOUR,
     Machine,
@@ -26,7 +26,7 @@ from tests.daemon.conftest import (
     wait_for,
     wait_job,
 )
-from tests.server_stub.provider_support import balance, get_job, ledger_is_consistent
+from tests.server_stub.provider_support import get_job, ledger_is_consistent
 
 
 def test_fitting_job_runs_reports_progress_and_is_paid_for_its_metered_time(

@@ -173,12 +173,6 @@ def get_job(acct: Account, job_id: str) -> dict[str, Any]:
     return job
 
 
-def balance(acct: Account) -> float:
-    response = acct.http.get("/tokens/balance")
-    assert response.status_code == 200, response.text
-    return float(response.json()["balance"])
-
-
 def run_to_completion(agent: AgentClient, job_id: str) -> None:
     """Accept an offered job and report it RUNNING, then COMPLETED."""
     agent.accept(job_id)

@@ -16,12 +16,11 @@ from typing import Any
 import pytest
 from solders.keypair import Keypair
 
-from tests.conftest import Account, LiveServer, new_account, resource_body
+from tests.conftest import Account, LiveServer, balance, new_account, resource_body
 from tests.server_stub.provider_support import (
     AgentClient,
     Market,
     assert_error,
-    balance,
     ledger_is_consistent,
     run_to_completion,
     set_wallet,

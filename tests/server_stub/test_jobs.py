@@ -11,10 +11,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-import httpx
 import pytest
 
-from tests.conftest import Account, LiveServer, MakeAccount, job_body, new_account, resource_body
+from tests.conftest import (
+    Account,
+    LiveServer,
+    MakeAccount,
+    assert_error,
+    balance,
+    job_body,
+    new_account,
+    resource_body,
+)
 
 # Requirements that no resource on the shared server can meet: the largest core count, memory
 # and storage the API accepts, all at once.
@@ -41,24 +49,6 @@ def complete_job(live: LiveServer, job_id: str, resource_id: str) -> None:
         resource_id,
         job_id,
     )
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    """Check the documented error envelope; returns its details."""
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"}, body
-    assert body["error"]["code"] == code, body
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
-    details: dict[str, Any] = body["error"]["details"]
-    assert isinstance(details, dict)
-    return details
-
-
-def balance(acct: Account) -> float:
-    response = acct.http.get("/tokens/balance")
-    assert response.status_code == 200, response.text
-    return float(response.json()["balance"])
 
 
 def job_count(acct: Account) -> int:

@@ -19,13 +19,12 @@ import httpx
 import pytest
 
 from calctra_agent.wire import DeclineReason
-from tests.conftest import Account, LiveServer, MakeServer, new_account, resource_body
+from tests.conftest import Account, LiveServer, MakeServer, balance, new_account, resource_body
 from tests.server_stub.provider_support import (
     SERVER_FLAGS,
     AgentClient,
     Market,
     assert_error,
-    balance,
     eventually,
     get_job,
     heartbeat_body,

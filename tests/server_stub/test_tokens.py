@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from contextlib import closing
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.conftest import (
@@ -15,6 +14,8 @@ from tests.conftest import (
     LiveServer,
     MakeAccount,
     MakeServer,
+    assert_error,
+    balance,
     job_body,
     new_account,
     resource_body,
@@ -27,24 +28,6 @@ UNMATCHABLE = {
     "minStorageGb": 1_000_000,
     "estimatedDurationHours": 1,
 }
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    """Check the documented error envelope; returns its details."""
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"}, body
-    assert body["error"]["code"] == code, body
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
-    details: dict[str, Any] = body["error"]["details"]
-    assert isinstance(details, dict)
-    return details
-
-
-def balance(acct: Account) -> float:
-    response = acct.http.get("/tokens/balance")
-    assert response.status_code == 200, response.text
-    return float(response.json()["balance"])
 
 
 def history(acct: Account, **params: object) -> dict[str, Any]:
