@@ -618,6 +618,7 @@ class FailureReason(StrEnum):
     TIMEOUT = "TIMEOUT"
     OUT_OF_MEMORY = "OUT_OF_MEMORY"
     CANCELLED_BY_AGENT = "CANCELLED_BY_AGENT"
+    OUTPUT_TOO_LARGE = "OUTPUT_TOO_LARGE"
     ERROR = "ERROR"
 
 
@@ -646,6 +647,23 @@ class StatusReportResponse(ResponseModel):
     job_id: str
     status: JobStatus
     progress: int
+
+
+class JobLogAppend(ResponseModel):
+    """The answer to `POST /api/jobs/{id}/logs`."""
+
+    size: int
+    """Bytes of log the platform holds for the job."""
+    truncated: bool
+    """The per-job cap was reached: further bytes are dropped."""
+
+
+class JobResult(ResponseModel):
+    """A job's uploaded result archive (tar.gz)."""
+
+    size: int
+    sha256: str
+    uploaded_at: datetime
 
 
 CLAIM_DOMAIN = "calctra-claim-v1"

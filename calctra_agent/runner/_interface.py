@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
-from calctra_agent.wire import FailureReason
+from calctra_agent.wire import FailureReason, JobLogAppend
 
 
 @dataclass(frozen=True)
@@ -31,8 +32,18 @@ class JobSpec:
 
 
 @dataclass(frozen=True)
+class ResultArchive:
+    """A finished job's output, packed as tar.gz: the daemon uploads it, then deletes it."""
+
+    path: Path
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
 class Completed:
     message: str = ""
+    result: ResultArchive | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +74,21 @@ class Recovery:
     """Still running: the runner reattached and will report on them."""
     lost: list[str] = field(default_factory=list)
     """Nowhere to be found: the daemon reports them FAILED."""
+
+
+class JobPlatform(Protocol):
+    """What a runner fetches from, and sends to, the platform while it runs a job. The API
+    client, authenticated with the agent token, provides it."""
+
+    def download_dataset(self, dataset_id: str, dest: Path) -> str:
+        """Stream the dataset's content into `dest`; returns its sha256, already checked
+        against the platform's. Raises CalctraError; `dest` is absent then."""
+        ...
+
+    def append_job_logs(self, job_id: str, offset: int, data: bytes) -> JobLogAppend:
+        """Store `data` as the job's log from byte `offset` on. Sending bytes again is a
+        no-op; the answer says how much the platform holds and whether its cap was hit."""
+        ...
 
 
 class Runner(Protocol):
