@@ -44,6 +44,7 @@ from calctra_agent.probe import Reservation
 __all__ = [
     "AgentSettings",
     "AvailabilitySettings",
+    "ContainerSettings",
     "DEFAULT_CONFIG_PATH",
     "ImageSettings",
     "ReserveSettings",
@@ -182,9 +183,30 @@ class ImageSettings(_Section):
     default_image: Image = "python:3.12-slim"
     allowed_images: Annotated[list[Image], Field(max_length=1000)] = []
 
+    min_free_gb: Gigabytes = 10.0
+    """Below this much free space on the engine's disk, images the agent pulled are removed,
+    least recently used first; images it did not pull are never touched."""
+
     @property
     def permitted(self) -> frozenset[str]:
         return frozenset([self.default_image, *self.allowed_images])
+
+
+class ContainerSettings(_Section):
+    """How job containers are confined, beyond the grant's cores, memory and GPUs."""
+
+    docker_host: str | None = None
+    """The engine's address, as DOCKER_HOST takes it; None: DOCKER_HOST, else the local socket."""
+    pids_limit: Annotated[int, Field(ge=16, le=1_000_000)] = 1024
+    tmp_size_mb: Annotated[int, Field(ge=1, le=1_000_000)] = 256
+    """Size of the job's writable /tmp, a tmpfs counted in its memory."""
+    max_output_mb: Annotated[int, Field(ge=1, le=10_000_000)] = 1024
+    """A job whose output directory grows past this is stopped: OUTPUT_TOO_LARGE."""
+    user: Annotated[str, Field(pattern=r"^(auto|\d+(:\d+)?)$")] = "auto"
+    """The uid[:gid] jobs run as; auto: nobody (65534) when the agent runs as root, else the
+    agent's own uid, so that the agent can always remove what a job wrote."""
+    progress_interval_s: Annotated[float, Field(ge=0.5, le=300)] = 3.0
+    """Progress goes to the platform at most this often."""
 
 
 class AgentSettings(BaseSettings):
@@ -218,6 +240,7 @@ class AgentSettings(BaseSettings):
     drain_on_stop: bool = False
     job_timeout_factor: Annotated[float, Field(ge=1, le=100)] = 2.0
     images: ImageSettings = ImageSettings()
+    containers: ContainerSettings = ContainerSettings()
     log_level: LogLevel = "INFO"
     wallet_path: Path = Field(default_factory=lambda data: _under_state_dir(data, "wallet.json"))
     rpc_url: RpcUrl | None = None
