@@ -1,12 +1,14 @@
 """A reference server and a real agent daemon on loopback, in a temp dir, for the benchmarks.
 
-The agent is `python -m tests.agent_main`: the daemon `calctra-agent run` assembles, with the
-tests' ProcessRunner in place of the Docker runner. Its owner logs in with the real
+The agent is either `calctra-agent run` itself, with the Docker runner (`docker=True`), or
+`python -m tests.agent_main`: the same daemon with the tests' ProcessRunner in place of the
+Docker runner, for benchmarks of the daemon alone. Its owner logs in with the real
 `calctra-agent login`. Everything is stopped and removed on leaving `stack()`.
 """
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -154,14 +156,18 @@ def customer_client(api_url: str, deposit: float) -> httpx.Client:
     return client
 
 
-def write_config(tmp: Path, api_url: str, settings: dict[str, float]) -> Path:
+def write_config(tmp: Path, api_url: str, settings: dict[str, Any]) -> Path:
+    """agent.toml: `settings` are top-level values, but for a dict value, which is a table."""
     lines = [
         f'api_url = "{api_url}"',
         f'state_dir = "{tmp / "agent"}"',
         "price_per_hour = 2.0",
         'log_level = "INFO"',
-        *(f"{key} = {value}" for key, value in settings.items()),
+        *(f"{key} = {json.dumps(v)}" for key, v in settings.items() if not isinstance(v, dict)),
     ]
+    for table, values in settings.items():
+        if isinstance(values, dict):
+            lines += [f"[{table}]", *(f"{key} = {json.dumps(v)}" for key, v in values.items())]
     path = tmp / "agent.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -195,7 +201,9 @@ def agent_credentials(state_dir: Path) -> tuple[str, str]:
 
 
 @contextmanager
-def stack(server_flags: list[str], agent_settings: dict[str, float]) -> Iterator[Stack]:
+def stack(
+    server_flags: list[str], agent_settings: dict[str, Any], docker: bool = False
+) -> Iterator[Stack]:
     """Server, customer, owner, `calctra-agent login`, and the agent daemon, ready."""
     with tempfile.TemporaryDirectory(prefix="calctra-bench-") as name, ExitStack() as stack:
         tmp = Path(name)
@@ -212,7 +220,10 @@ def stack(server_flags: list[str], agent_settings: dict[str, float]) -> Iterator
                 timeout=30.0,
             )
         )
-        command = [sys.executable, "-m", "tests.agent_main", str(config)]
+        if docker:
+            command = [sys.executable, "-m", "calctra_agent", "run", "--config", str(config)]
+        else:
+            command = [sys.executable, "-m", "tests.agent_main", str(config)]
         agent = stack.enter_context(spawn("agent", command, tmp / "agent.log"))
         wait_until(lambda: "agent ready" in agent.log(), "agent start", agent)
         yield Stack(tmp, api_url, server, agent, customer, agent_api, resource_id)

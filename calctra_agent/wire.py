@@ -73,6 +73,32 @@ def _timezones() -> frozenset[str]:
     return _TIMEZONES
 
 
+# A container image reference as Docker reads it: an optional registry host (with a port), a
+# lowercase repository path, then an optional tag and an optional digest.
+_HOST_PART = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_REGISTRY = rf"(?:{_HOST_PART}(?:\.{_HOST_PART})*(?::[0-9]+)?/)?"
+_PATH_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REPOSITORY = rf"{_PATH_PART}(?:/{_PATH_PART})*"
+_TAG = r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+_DIGEST = r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?"
+_IMAGE = re.compile(f"{_REGISTRY}{_REPOSITORY}{_TAG}{_DIGEST}")
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def _check_image(value: str) -> str:
+    if not _IMAGE.fullmatch(value):
+        raise ValueError(
+            "must be a container image reference such as 'python:3.12-slim': a lowercase "
+            "repository, an optional :tag and @digest, no whitespace"
+        )
+    return value
+
+
+def is_sha256(value: str) -> bool:
+    """Whether `value` is a SHA-256 digest written as 64 hex digits."""
+    return bool(_SHA256.fullmatch(value))
+
+
 Email = Annotated[str, Field(strict=True, max_length=254), AfterValidator(_check_email)]
 WalletAddress = Annotated[
     str, Field(strict=True, max_length=64), AfterValidator(_check_wallet_address)
@@ -284,6 +310,14 @@ class Requirements(WireModel):
 
 
 MAX_CODE_BYTES = 1024 * 1024
+MAX_IMAGE_CHARS = 255
+
+ImageRef = Annotated[
+    str,
+    Field(strict=True, min_length=1, max_length=MAX_IMAGE_CHARS),
+    AfterValidator(_check_image),
+]
+"""A container image reference, such as `python:3.12-slim` or `ghcr.io/org/tool@sha256:...`."""
 
 
 class JobRequest(RequestModel):
@@ -297,6 +331,8 @@ class JobRequest(RequestModel):
     requirements: Requirements
     budget: PositiveTokens
     deadline: datetime | None = None
+    image: ImageRef | None = None
+    """The container image to run the code in; None: the provider's default image."""
 
     @field_validator("deadline")
     @classmethod
@@ -311,6 +347,14 @@ class JobRequest(RequestModel):
         except OverflowError:
             raise ValueError("is out of range once converted to UTC") from None
         return deadline
+
+
+class JobResult(ResponseModel):
+    """A job's uploaded result archive (tar.gz)."""
+
+    size: int
+    sha256: str
+    uploaded_at: datetime
 
 
 class JobCreated(ResponseModel):
@@ -338,6 +382,9 @@ class Job(ResponseModel):
     assigned_resource: str | None
     status_message: str | None
     rating: int | None
+    image: str | None = None
+    result: JobResult | None = None
+    """The result archive the provider uploaded; None until it did."""
 
 
 class JobDetail(Job):
@@ -566,6 +613,8 @@ class Offer(ResponseModel):
     budget: float
     deadline: datetime | None
     created_at: datetime
+    image: str | None = None
+    """The container image the job asks for; None: the provider's default."""
 
 
 class OfferBatch(ResponseModel):
@@ -604,6 +653,8 @@ class AcceptedJob(ResponseModel):
     """The resource's price when the job was accepted; the payment uses it."""
     status: JobStatus
     accepted_at: datetime
+    image: str | None = None
+    """The container image the job asks for; None: the provider's default."""
 
 
 class AcceptedJobPage(ResponseModel):
@@ -649,6 +700,10 @@ class StatusReportResponse(ResponseModel):
     progress: int
 
 
+MAX_LOG_APPEND_BYTES = 1024 * 1024
+"""The most bytes of log one `POST /api/jobs/{id}/logs` may carry."""
+
+
 class JobLogAppend(ResponseModel):
     """The answer to `POST /api/jobs/{id}/logs`."""
 
@@ -656,14 +711,6 @@ class JobLogAppend(ResponseModel):
     """Bytes of log the platform holds for the job."""
     truncated: bool
     """The per-job cap was reached: further bytes are dropped."""
-
-
-class JobResult(ResponseModel):
-    """A job's uploaded result archive (tar.gz)."""
-
-    size: int
-    sha256: str
-    uploaded_at: datetime
 
 
 CLAIM_DOMAIN = "calctra-claim-v1"

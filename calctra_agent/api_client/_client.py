@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -43,6 +47,7 @@ MAX_OFFER_WAIT_S = 60.0
 """The longest long poll the server holds open (docs/provider-protocol.md)."""
 
 _SNIPPET_CHARS = 200
+_CHUNK_BYTES = 64 * 1024
 _RATE_LIMIT_FALLBACK_S = 1.0
 """The wait after a 429 whose headers do not say when the window resets."""
 # For error answers without an envelope (a proxy's page, say): the status alone still says
@@ -66,6 +71,11 @@ class _Call:
     params: dict[str, Any] | None = None
     data: dict[str, str] | None = None
     files: dict[str, Any] | None = None
+    content: Any = None
+    """A raw body: bytes, or an iterable of bytes that each send reads from its start."""
+    headers: dict[str, str] | None = None
+    stream: bool = False
+    """Leave the body of a successful answer unread, for the caller to stream."""
     timeout: httpx.Timeout | None = None
     retries: int = 0
     rate_waited_s: float = 0.0
@@ -85,11 +95,12 @@ class CalctraClient:
     Retries. A request that never reached the server (connection refused, connect timeout) is
     sent again whatever its method. A request that may have reached it (a read timeout, a
     dropped connection, a 5xx answer) is sent again only when sending it twice does no harm:
-    GET, PUT and DELETE, login, heartbeats, declines, status reports and claims. Creating a
-    resource, a job, a dataset, a deposit, a webhook or an agent token, cancelling and rating
-    are sent once. Accepting an offer is sent once too, and a lost answer is settled by asking
-    whether this resource now holds the job (see `accept_offer`). Retries wait with
-    exponential backoff and full jitter, at most `max_retries` times.
+    GET, PUT and DELETE, login, heartbeats, declines, status reports, claims, log appends and
+    result uploads (whose file is read again from its start); a download whose body breaks off
+    is fetched again. Creating a resource, a job, a dataset, a deposit, a webhook or an agent
+    token, cancelling and rating are sent once. Accepting an offer is sent once too, and a lost
+    answer is settled by asking whether this resource now holds the job (see `accept_offer`).
+    Retries wait with exponential backoff and full jitter, at most `max_retries` times.
 
     Rate limits. A 429 is never a fault of the request: the client waits until the window
     resets (X-RateLimit-Reset, else Retry-After) and sends it again, for at most
@@ -461,6 +472,79 @@ class CalctraClient:
         path = f"/api/provider/jobs/{job_id}/claim"
         return self._post(path, wire.ClaimResponse, claim, idempotent=True)
 
+    # A job's inputs and outputs (with an agent token; the owner reads logs and results)
+
+    def download_dataset(self, dataset_id: str, dest: Path) -> str:
+        """Stream the dataset's content into `dest` and return its sha256, checked against
+        the platform's. The bytes go to a temporary file beside `dest`, renamed into place
+        only once their sha256 matches; on any failure that file is removed, `dest` is left
+        as it was, and a `CalctraError` says why. Retried like any GET."""
+        call = _Call("GET", f"/api/data/{dataset_id}/content", idempotent=True, stream=True)
+        return self._download(call, Path(dest), f"dataset {dataset_id}")
+
+    def append_job_logs(self, job_id: str, offset: int, data: bytes) -> wire.JobLogAppend:
+        """Store `data` as the job's log from byte `offset` on (at most
+        `wire.MAX_LOG_APPEND_BYTES` at a time). Retried: bytes sent again are skipped, so a
+        repeat changes nothing. An offset past what the platform holds is a 409 `Conflict`
+        whose `details["size"]` says where to resume; once the per-job cap is reached the
+        answer says `truncated` and further bytes are dropped."""
+        if offset < 0:
+            raise _not_sent(f"offset must be 0 or more, not {offset}", "offset")
+        if len(data) > wire.MAX_LOG_APPEND_BYTES:
+            raise _not_sent(
+                f"{len(data)} bytes of log is more than the {wire.MAX_LOG_APPEND_BYTES} one "
+                "request may carry; send it in parts",
+                "body",
+            )
+        call = _Call(
+            "POST",
+            f"/api/jobs/{job_id}/logs",
+            idempotent=True,
+            params={"offset": offset},
+            content=bytes(data),
+            headers={"content-type": "application/octet-stream"},
+        )
+        return self._call(call, wire.JobLogAppend)
+
+    def get_job_logs(self, job_id: str, offset: int = 0) -> bytes:
+        """The job's log from byte `offset` on, as the agent sent it (the owner's token)."""
+        call = _Call("GET", f"/api/jobs/{job_id}/logs", idempotent=True, params={"offset": offset})
+        return self._call_raw(call).content
+
+    def upload_results(self, job_id: str, path: Path, sha256: str) -> wire.JobResult:
+        """Upload the job's result archive (tar.gz) from `path`, streamed from disk, with its
+        `sha256`, which the platform checks. Retried: the file is read again from its start,
+        and a repeat of the archive the platform holds answers the same record. A file that
+        cannot be read raises `CalctraError`."""
+        if not wire.is_sha256(sha256):
+            raise _not_sent(f"sha256 must be 64 hex digits, not {sha256!r}", "sha256")
+        source = Path(path)
+        try:
+            size = source.stat().st_size
+        except OSError as exc:
+            raise _unreadable(job_id, source, exc) from exc
+        call = _Call(
+            "POST",
+            f"/api/jobs/{job_id}/results",
+            idempotent=True,
+            content=_FileBody(source),
+            headers={
+                "content-type": "application/gzip",
+                "content-length": str(size),
+                "x-content-sha256": sha256.lower(),
+            },
+        )
+        try:
+            return self._call(call, wire.JobResult)
+        except OSError as exc:  # raised while the body was read, as it was sent
+            raise _unreadable(job_id, source, exc) from exc
+
+    def download_results(self, job_id: str, dest: Path) -> str:
+        """Stream the job's result archive into `dest` (the owner's token) and return its
+        sha256, checked as `download_dataset` checks a dataset's."""
+        call = _Call("GET", f"/api/jobs/{job_id}/results", idempotent=True, stream=True)
+        return self._download(call, Path(dest), f"the results of job {job_id}")
+
     # The request machinery
 
     def _get(self, path: str, model: type[M], params: dict[str, Any] | None = None) -> M:
@@ -498,15 +582,9 @@ class CalctraClient:
         exceptions become the agent's."""
         while True:
             try:
-                response = self._http.request(
-                    call.method,
-                    call.path,
-                    json=call.json,
-                    params=_query(call.params),
-                    data=call.data,
-                    files=call.files,
-                    timeout=call.timeout or httpx.USE_CLIENT_DEFAULT,
-                )
+                response = self._http.send(self._request(call), stream=call.stream)
+                if call.stream and not response.is_success:
+                    response.read()
             except httpx.TransportError as exc:
                 self._retry_after_transport_error(call, exc)
                 continue
@@ -521,6 +599,42 @@ class CalctraClient:
             if call.retries:
                 logger.info("api recovered method=%s path=%s retries=%d", *_where(call))
             return response
+
+    def _request(self, call: _Call) -> httpx.Request:
+        return self._http.build_request(
+            call.method,
+            call.path,
+            json=call.json,
+            params=_query(call.params),
+            data=call.data,
+            files=call.files,
+            content=call.content,
+            headers=call.headers,
+            timeout=call.timeout or httpx.USE_CLIENT_DEFAULT,
+        )
+
+    def _call_raw(self, call: _Call) -> httpx.Response:
+        """Send `call` and return its successful answer as it is, body and all."""
+        response = self._send(call)
+        if not response.is_success:
+            raise _error(call, response)
+        return response
+
+    def _download(self, call: _Call, dest: Path, what: str) -> str:
+        """Stream an answer's body into `dest`, checked against its X-Content-SHA256; returns
+        the sha256. A body that breaks off midway is fetched again, like any failed GET."""
+        while True:
+            response = self._send(call)
+            try:
+                if not response.is_success:
+                    raise _error(call, response)
+                return _save(call, response, dest, what)
+            except httpx.TransportError as exc:
+                self._retry_after_transport_error(call, exc)
+            except httpx.HTTPError as exc:
+                raise self._unavailable(call, exc) from exc
+            finally:
+                response.close()
 
     def _retry_after_transport_error(self, call: _Call, exc: httpx.TransportError) -> None:
         if not may_retry_transport(exc, call.idempotent):
@@ -602,6 +716,76 @@ def _body(model: type[R], **values: Any) -> R:
             f"request not sent, it would fail validation: {problems}",
             {"fields": fields},
         ) from exc
+
+
+def _not_sent(problem: str, field: str) -> ValidationFailed:
+    return ValidationFailed(
+        400,
+        "VALIDATION_ERROR",
+        f"request not sent, it would fail validation: {problem}",
+        {"fields": [{"field": field, "problem": problem}]},
+    )
+
+
+class _FileBody:
+    """A file as a request body that can be sent again: each pass reads it from its start."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __iter__(self) -> Iterator[bytes]:
+        with self.path.open("rb") as file:
+            while chunk := file.read(_CHUNK_BYTES):
+                yield chunk
+
+
+def _unreadable(job_id: str, path: Path, exc: OSError) -> CalctraError:
+    return CalctraError(
+        f"cannot upload the results of job {job_id} from {path}: {exc.strerror or exc}"
+    )
+
+
+def _save(call: _Call, response: httpx.Response, dest: Path, what: str) -> str:
+    """Write a streamed answer into `dest` through a temporary file beside it."""
+    expected = response.headers.get("x-content-sha256", "").strip().lower()
+    if not wire.is_sha256(expected):
+        raise ServerError(
+            response.status_code,
+            "INVALID_RESPONSE",
+            f"{call} answered without a valid X-Content-SHA256 header, so {what} cannot be "
+            "checked; is the base URL a Calctra API of a compatible version?",
+        )
+    try:
+        fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    except OSError as exc:
+        raise CalctraError(f"cannot download {what} to {dest}: {exc.strerror or exc}") from exc
+    temp = Path(name)
+    try:
+        actual = _write_hashed(fd, response)
+        if actual != expected:
+            raise ServerError(
+                response.status_code,
+                "INVALID_RESPONSE",
+                f"{what} arrived with sha256 {actual}, not the {expected} that the platform "
+                "recorded; nothing was kept",
+            )
+        os.replace(temp, dest)
+    except OSError as exc:
+        temp.unlink(missing_ok=True)
+        raise CalctraError(f"cannot download {what} to {dest}: {exc.strerror or exc}") from exc
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return actual
+
+
+def _write_hashed(fd: int, response: httpx.Response) -> str:
+    digest = hashlib.sha256()
+    with open(fd, "wb") as file:
+        for chunk in response.iter_bytes(_CHUNK_BYTES):
+            digest.update(chunk)
+            file.write(chunk)
+    return digest.hexdigest()
 
 
 def _dump(body: wire.RequestModel) -> Any:

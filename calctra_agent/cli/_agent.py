@@ -132,7 +132,10 @@ def run(config: ConfigOption = None) -> None:
     configure_logging(settings.log_level)
     session = open_session(settings)
     try:
-        agent = build_agent(settings, session, default_runner(settings))
+        runner = default_runner(
+            settings, session.client, session.credentials.resource_id, session.state.instance_id()
+        )
+        agent = build_agent(settings, session, runner)
         run_until_signalled(agent)
     finally:
         session.client.close()

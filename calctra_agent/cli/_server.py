@@ -28,7 +28,10 @@ def server(
         int, typer.Option(min=0, help="Requests per user per window; 0 turns it off.")
     ] = 600,
     rate_limit_window: Annotated[int, typer.Option(min=1, help="Window in seconds.")] = 60,
-    max_upload_mb: Annotated[int, typer.Option(min=1, help="Largest dataset upload.")] = 1024,
+    max_upload_mb: Annotated[
+        int, typer.Option(min=1, help="Largest dataset or job result upload.")
+    ] = 1024,
+    max_log_mb: Annotated[int, typer.Option(min=1, help="Most log kept per job.")] = 16,
     log_level: Annotated[
         LogLevel, typer.Option(case_sensitive=False, help="How much to log.")
     ] = LogLevel.INFO,
@@ -53,6 +56,7 @@ def server(
         rate_limit=rate_limit,
         rate_limit_window_s=rate_limit_window,
         max_upload_bytes=max_upload_mb * 1024 * 1024,
+        max_log_bytes=max_log_mb * 1024 * 1024,
         heartbeat_interval_s=heartbeat_interval,
         heartbeat_timeout_s=heartbeat_timeout,
     )

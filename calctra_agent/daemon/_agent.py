@@ -28,6 +28,7 @@ from calctra_agent.wire import (
     Failure,
     FailureReason,
     HeartbeatRequest,
+    JobStatus,
     Offer,
     OfferBatch,
     ReportableStatus,
@@ -266,7 +267,7 @@ class Agent:
             grant=grant,
             timeout_s=max(timeout_s, 1.0),
             datasets=tuple(job.datasets),
-            image=self.config.default_image,
+            image=job.image or self.config.default_image,
         )
 
     def _start(self, spec: JobSpec) -> None:
@@ -319,8 +320,14 @@ class Agent:
             self.state.update_job(job_id, status="CANCELLED", finished_at=now)
             self._ack_cancel(job_id)
         elif isinstance(outcome, Completed):
+            if outcome.result is not None:
+                # Uploaded before COMPLETED is reported: the owner never sees a completed job
+                # without its results.
+                result = outcome.result
+                payload = {"path": str(result.path), "sha256": result.sha256, "size": result.size}
+                self.state.enqueue(job_id, "results", payload)
             report = StatusReport(
-                status=ReportableStatus.COMPLETED, progress=100, message=outcome.message[:4000]
+                status=ReportableStatus.COMPLETED, progress=100, message=outcome.message[-4000:]
             )
             self.state.enqueue(
                 job_id, "status", _dump(report), status="COMPLETED", progress=100, finished_at=now
@@ -402,9 +409,15 @@ class Agent:
     # restart
 
     def _recover_jobs(self) -> None:
+        """Pick up where the last run left off. The platform's list of the jobs it assigns
+        this resource settles what the local records cannot: jobs it took back while the agent
+        was down are dropped, and jobs it assigns that the agent has no record of (accepted
+        just before a crash) are started now, or failed if they had started. When the platform
+        cannot be reached, the local records are trusted as they are."""
+        assigned = self._assigned_jobs()
         held = self.state.jobs(OPEN_STATUSES + ("CANCELLING",))
-        if not held:
-            return
+        if assigned is not None:
+            held = [job for job in held if self._still_assigned(job.job_id, assigned)]
         specs = [_spec_from_dict(job.job_id, job.spec) for job in held]
         for spec in specs:
             self._grants[spec.job_id] = spec.grant
@@ -415,6 +428,67 @@ class Agent:
                 job_id, Failed(FailureReason.ERROR, "the job was lost while the agent was down")
             )
         logger.info("jobs recovered running=%d lost=%d", len(recovery.running), len(recovery.lost))
+        if assigned is not None:
+            for job in assigned.values():
+                if self.state.job(job.job_id) is None:
+                    self._adopt(job)
+
+    def _assigned_jobs(self) -> dict[str, AcceptedJob] | None:
+        """The open jobs the platform assigns this resource; None when it cannot say."""
+        jobs: dict[str, AcceptedJob] = {}
+        try:
+            for status in (JobStatus.ACCEPTED, JobStatus.RUNNING):
+                page = 1
+                while True:
+                    batch = self.client.list_assigned_jobs(status=status, page=page)
+                    jobs.update((job.job_id, job) for job in batch.jobs)
+                    if page * batch.limit >= batch.total or not batch.jobs:
+                        break
+                    page += 1
+        except (ApiUnavailable, ApiError) as exc:
+            logger.warning("cannot list the jobs the platform assigns error=%s", exc)
+            return None
+        return jobs
+
+    def _still_assigned(self, job_id: str, assigned: dict[str, AcceptedJob]) -> bool:
+        if job_id in assigned:
+            return True
+        logger.info("job no longer assigned to this machine, dropping it job_id=%s", job_id)
+        self.state.update_job(job_id, status="CANCELLED", finished_at=time.time())
+        self.state.drop_job_reports(job_id)
+        return False
+
+    def _adopt(self, job: AcceptedJob) -> None:
+        """A job the platform assigns but the agent never recorded: it was accepted, and the
+        agent stopped before it wrote the job down."""
+        if job.status != JobStatus.ACCEPTED:
+            logger.warning("job started by an earlier run has no record job_id=%s", job.job_id)
+            grant = Grant(0, 0.0, 0.0)
+            self.state.add_job(job.job_id, _spec_to_dict(self._job_spec(job, grant)))
+            self.finished(
+                job.job_id,
+                Failed(FailureReason.ERROR, "the agent lost its record of the job and its run"),
+            )
+            return
+        offer = Offer.model_validate({**job.model_dump(), "created_at": job.accepted_at})
+        with self._grants_lock:
+            decision = decide(
+                offer,
+                self.config.capacity,
+                list(self._grants.values()),
+                dataclasses.replace(self._terms(), availability=None),
+                job.accepted_at,
+            )
+            if isinstance(decision, Accept):
+                self._grants[job.job_id] = decision.grant
+        if not isinstance(decision, Accept):
+            self.state.add_job(job.job_id, _spec_to_dict(self._job_spec(job, Grant(0, 0.0, 0.0))))
+            self.finished(job.job_id, Failed(FailureReason.ERROR, decision.message))
+            return
+        spec = self._job_spec(job, decision.grant)
+        self.state.add_job(job.job_id, _spec_to_dict(spec))
+        logger.info("job accepted before a restart, starting it job_id=%s", job.job_id)
+        self._start(spec)
 
 
 def _dump(model: Any) -> dict[str, Any]:

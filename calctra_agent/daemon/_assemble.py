@@ -65,6 +65,7 @@ def terms_for(
         availability=availability.model_dump(by_alias=True) if availability else None,
         max_concurrent_jobs=settings.max_concurrent_jobs,
         gpu_runtime=gpu_runtime,
+        permitted_images=settings.images.permitted,
     )
 
 

@@ -23,6 +23,8 @@ class Terms:
     availability: dict[str, Any] | None
     max_concurrent_jobs: int
     gpu_runtime: bool
+    permitted_images: frozenset[str] | None = None
+    """The images a job may name; None: any."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,14 @@ def decide(
             DeclineReason.BUDGET_TOO_LOW,
             f"{hours:g} h at {terms.price_per_hour:g}/h costs {cost:g}, budget is "
             f"{offer.budget:g}",
+        )
+    if (
+        offer.image is not None
+        and terms.permitted_images is not None
+        and offer.image not in terms.permitted_images
+    ):
+        return Decline(
+            DeclineReason.IMAGE_NOT_ALLOWED, f"image {offer.image} is not on this machine's list"
         )
     if not window_open(terms.availability, now):
         return Decline(DeclineReason.OUTSIDE_AVAILABILITY, "the availability window is closed")

@@ -6,16 +6,34 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from calctra_agent.daemon._state import OutboxItem, State
-from calctra_agent.errors import ApiError, ApiUnavailable, Conflict, ServerError, WalletError
-from calctra_agent.wire import ClaimRequest, StatusReport
+from calctra_agent.errors import (
+    ApiError,
+    ApiUnavailable,
+    CalctraError,
+    Conflict,
+    ServerError,
+    WalletError,
+)
+from calctra_agent.wire import (
+    ClaimRequest,
+    Failure,
+    FailureReason,
+    ReportableStatus,
+    StatusReport,
+)
 
 logger = logging.getLogger(__name__)
 
 _BACKOFF_BASE_S = 1.0
 _BACKOFF_MAX_S = 60.0
+
+
+class ResultsRefused(Exception):
+    """A job's results cannot be delivered, now or later."""
 
 
 class ReportSender:
@@ -73,6 +91,9 @@ class ReportSender:
             return False
         except Conflict as exc:
             self._conflict(item, exc)
+        except ResultsRefused as exc:
+            self._results_refused(item, exc)
+            return True
         except ApiError as exc:
             # The server refused this report for good: keeping it would block the job's queue.
             logger.error(
@@ -86,6 +107,9 @@ class ReportSender:
         return True
 
     def _deliver(self, item: OutboxItem) -> None:
+        if item.kind == "results":
+            self._upload_results(item)
+            return
         if item.kind == "claim":
             response = self.client.claim_payment(item.job_id, self.sign_claim(item.job_id))
             amount = response.payment.amount
@@ -96,9 +120,50 @@ class ReportSender:
         self.client.report_status(item.job_id, report)
         logger.info("report sent job_id=%s status=%s", item.job_id, report.status.value)
 
+    def _upload_results(self, item: OutboxItem) -> None:
+        """Upload the job's result archive, then delete it. An archive that is gone was
+        uploaded already: it is deleted only after the platform stored it."""
+        archive = Path(item.payload["path"])
+        if not archive.exists():
+            logger.info("results already uploaded job_id=%s", item.job_id)
+            return
+        try:
+            result = self.client.upload_results(item.job_id, archive, item.payload["sha256"])
+        except (Conflict, ApiUnavailable, ServerError):
+            raise
+        except ApiError as exc:
+            raise ResultsRefused(f"the platform refused the results: {exc}") from exc
+        except (CalctraError, OSError) as exc:
+            raise ResultsRefused(f"cannot send the result archive {archive}: {exc}") from exc
+        logger.info(
+            "results uploaded job_id=%s bytes=%d sha256=%s",
+            item.job_id,
+            result.size,
+            result.sha256,
+        )
+        archive.unlink(missing_ok=True)
+
+    def _results_refused(self, item: OutboxItem, exc: ResultsRefused) -> None:
+        """Results that cannot be delivered fail the job: its owner must not get COMPLETED,
+        and a payment, for a job whose output never arrived."""
+        logger.error("results refused job_id=%s error=%s", item.job_id, exc)
+        Path(item.payload["path"]).unlink(missing_ok=True)
+        self.state.drop_job_reports(item.job_id)
+        failure = Failure(reason=FailureReason.ERROR)
+        report = StatusReport(status=ReportableStatus.FAILED, message=str(exc), failure=failure)
+        self.state.enqueue(
+            item.job_id,
+            "status",
+            report.model_dump(by_alias=True, exclude_none=True, mode="json"),
+            status="FAILED",
+            failure=failure.model_dump(by_alias=True, exclude_none=True, mode="json"),
+        )
+
     def _conflict(self, item: OutboxItem, exc: Conflict) -> None:
         actual = exc.details.get("status")
         if actual == "CANCELLED":
+            if item.kind == "results":
+                Path(item.payload["path"]).unlink(missing_ok=True)
             logger.info("job was cancelled by its owner job_id=%s", item.job_id)
             self.state.drop_job_reports(item.job_id)
             self.on_cancelled(item.job_id)

@@ -13,6 +13,7 @@ import os
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -132,6 +133,17 @@ class State:
                     db.execute(
                         "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value)
                     )
+
+    def instance_id(self) -> str:
+        """This agent's id, made once per state dir: its containers carry it as a label, and
+        it touches no container without it."""
+        with self._tx() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'instance_id'").fetchone()
+            if row is not None:
+                return str(row[0])
+            value = uuid.uuid4().hex
+            db.execute("INSERT INTO meta (key, value) VALUES ('instance_id', ?)", (value,))
+            return value
 
     def price_override(self) -> float | None:
         value = self.get(PRICE_OVERRIDE_KEY)

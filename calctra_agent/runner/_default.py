@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
-from calctra_agent.errors import RunnerError
-from calctra_agent.runner._interface import Runner
+from calctra_agent.runner._interface import JobPlatform, Runner
+
+if TYPE_CHECKING:
+    from calctra_agent.config import AgentSettings
 
 
-def default_runner(settings: Any) -> Runner:
-    """The Docker runner, which isolates each job in its own container."""
-    try:
-        from calctra_agent.runner.docker import DockerRunner  # type: ignore[import-not-found]
-    except ImportError:
-        raise RunnerError(
-            "this version of calctra-agent has no job runner: running jobs needs the Docker "
-            "runner (calctra_agent.runner.docker), which is not part of this build yet"
-        ) from None
-    runner: Runner = DockerRunner(settings)
+def default_runner(
+    settings: AgentSettings, platform: JobPlatform, resource_id: str, instance_id: str
+) -> Runner:
+    """The Docker runner, which isolates each job in its own container. `platform` is the API
+    client, with the agent token of `resource_id`; `instance_id` names this installation of
+    the agent on the engine, and must stay the same from one start to the next for the agent
+    to find its jobs again. Raises RunnerError when the Docker engine does not answer."""
+    from calctra_agent.runner.docker import DockerRunner
+
+    runner: Runner = DockerRunner(settings, platform, resource_id, instance_id)
     return runner

@@ -25,6 +25,7 @@ from calctra_agent.server_stub.routes import (
     agent_tokens,
     auth,
     data,
+    job_io,
     jobs,
     provider,
     provider_resource,
@@ -53,7 +54,8 @@ _ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
 def create_app(settings: ServerSettings) -> FastAPI:
     """Build the application; its database and background workers start with its lifespan."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    settings.uploads_dir.mkdir(exist_ok=True)
+    for directory in (settings.uploads_dir, settings.logs_dir, settings.results_dir):
+        directory.mkdir(exist_ok=True)
     secret = load_or_create_secret(settings.data_dir / "jwt-secret")
     signer = TokenSigner(secret, settings.token_ttl_s)
     context = ServerContext(
@@ -77,8 +79,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
     install_error_handlers(app)
     # The provider's routes first: routes are matched in order, and agents' heartbeats and
     # long polls are most of the requests.
-    routers = (provider, provider_resource, agent_tokens, auth, users, resources, jobs, data,
-               tokens, webhooks)  # fmt: skip
+    routers = (provider, provider_resource, agent_tokens, auth, users, resources, jobs, job_io,
+               data, tokens, webhooks)  # fmt: skip
     # Each onto the app, not through one /v1/api router: FastAPI matches every level of
     # included routers again, and the extra level cost a quarter of GET /users/me's CPU.
     for module in routers:

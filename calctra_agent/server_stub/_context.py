@@ -61,8 +61,9 @@ async def authenticated_user_id(
     if credentials.credentials.strip().startswith(AGENT_TOKEN_PREFIX):
         raise ApiError(
             ErrorCode.AUTHENTICATION_REQUIRED,
-            "an agent token is for an agent (/v1/api/provider/... and reading "
-            "/v1/api/resources); this endpoint needs a user token from POST /v1/api/auth/login",
+            "an agent token is for an agent's endpoints (/v1/api/provider/..., a job's logs "
+            "and results, its datasets' content, reading /v1/api/resources); this endpoint "
+            "needs a user token from POST /v1/api/auth/login",
         )
     try:
         return context.signer.check(credentials.credentials.strip()).user_id
@@ -94,8 +95,8 @@ async def authenticated_agent(
     if not token.startswith(AGENT_TOKEN_PREFIX):
         raise ApiError(
             ErrorCode.AUTHENTICATION_REQUIRED,
-            "the provider endpoints take an agent token (cat_...), not a user token; issue "
-            "one with POST /v1/api/agent-tokens",
+            "this endpoint takes an agent token (cat_...), not a user token; issue one with "
+            "POST /v1/api/agent-tokens",
         )
     principal = context.agent_tokens.principal(context.db, token)
     if principal is None:
@@ -123,6 +124,31 @@ async def market_reader(
 
 
 MarketReader = Annotated[str, Depends(market_reader)]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who calls an endpoint that takes either kind of token: a user, or an agent."""
+
+    user_id: str
+    """The user, or the owner of the agent's resource."""
+    agent: AgentPrincipal | None = None
+    """Set when the caller authenticated with an agent token."""
+
+
+async def any_caller(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    context: Context,
+) -> Caller:
+    """A user token or an agent token, each checked as its own endpoints check it."""
+    token = credentials.credentials.strip() if credentials else ""
+    if token.startswith(AGENT_TOKEN_PREFIX):
+        agent = await authenticated_agent(credentials, context)
+        return Caller(user_id=agent.owner_id, agent=agent)
+    return Caller(user_id=await authenticated_user_id(credentials, context))
+
+
+AnyCaller = Annotated[Caller, Depends(any_caller)]
 
 
 def load_user(session: Session, user_id: str) -> User:

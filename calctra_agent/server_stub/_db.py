@@ -7,6 +7,7 @@ ledger never rounds.
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,8 +31,11 @@ from sqlalchemy import (
     TypeDecorator,
     create_engine,
     event,
+    inspect,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+logger = logging.getLogger(__name__)
 
 MICRO = 1_000_000
 
@@ -197,6 +201,13 @@ class Job(Base):
     """Whether the agent that held the job confirmed that it stopped it after a cancel."""
     payment_tx_id: Mapped[str | None] = mapped_column(String(32))
     refund_tx_id: Mapped[str | None] = mapped_column(String(32))
+    image: Mapped[str | None] = mapped_column(String(255))
+    """The container image the owner asked for; NULL: the provider's default."""
+    result_file: Mapped[str | None] = mapped_column(String(128))
+    """The result archive's file name in the results dir; NULL until one is uploaded."""
+    result_size: Mapped[int | None] = mapped_column(BigInteger)
+    result_sha256: Mapped[str | None] = mapped_column(String(64))
+    result_uploaded_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
 class Dataset(Base):
@@ -285,7 +296,27 @@ def make_engine(url: str) -> Engine:
     if is_sqlite:
         event.listen(engine, "connect", _configure_sqlite)
     Base.metadata.create_all(engine)
+    _add_missing_columns(engine)
     return engine
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Add the nullable columns that a newer version brought to a database that an older one
+    created: create_all() makes missing tables only, and every later column is nullable."""
+    existing = inspect(engine)
+    with engine.begin() as connection:
+        for table in Base.metadata.sorted_tables:
+            if not existing.has_table(table.name):
+                continue
+            present = {column["name"] for column in existing.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in present or not column.nullable:
+                    continue
+                kind = column.type.compile(dialect=engine.dialect)
+                connection.exec_driver_sql(
+                    f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}'
+                )
+                logger.info("database column added table=%s column=%s", table.name, column.name)
 
 
 def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:

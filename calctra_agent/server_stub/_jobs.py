@@ -9,7 +9,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from calctra_agent.server_stub._db import Job, JobDecline, utcnow
+from calctra_agent.server_stub._db import Job, JobDecline, Resource, utcnow
 from calctra_agent.server_stub._events import emit
 from calctra_agent.server_stub._heartbeats import note_cancellation
 from calctra_agent.server_stub._ledger import refund_escrow
@@ -18,6 +18,9 @@ from calctra_agent.server_stub._offers import wake_after_commit
 from calctra_agent.wire import JobStatus, WebhookEvent
 
 logger = logging.getLogger(__name__)
+
+_IN_BATCH = 500
+"""Ids per IN (...) list, well within every database's limit on bound parameters."""
 
 
 def job_event_data(job: Job) -> dict[str, object]:
@@ -82,23 +85,44 @@ def end_job(
 
 
 def match_waiting_jobs(session: Session, limit: int) -> int:
-    """One pass of the matcher: expire jobs whose deadline passed unstarted, and match the
-    CREATED ones that resources now fit. Returns how many jobs changed."""
+    """One pass of the matcher: expire jobs whose deadline passed unstarted, match the
+    CREATED ones that resources now fit, and match anew the MATCHED ones whose resources
+    have all gone inactive or away. Returns how many jobs changed."""
     now = utcnow()
     waiting = session.scalars(
         select(Job).where(Job.status.in_([JobStatus.CREATED.value, JobStatus.MATCHED.value]))
     ).all()
     declines = _declines_of_created_jobs(session)
+    matched = [job for job in waiting if job.status == JobStatus.MATCHED.value]
+    stranded = _stranded(session, matched)
     changed = 0
     for job in waiting:
         if job.deadline is not None and job.deadline <= now:
             end_job(session, job, JobStatus.FAILED, "the deadline passed before the job started")
+            changed += 1
+        elif job.id in stranded:
+            rematch(session, job, now, limit)
             changed += 1
         elif job.status == JobStatus.CREATED.value and try_match(
             session, job, now, limit, declines.get(job.id, set())
         ):
             changed += 1
     return changed
+
+
+def _stranded(session: Session, matched: list[Job]) -> set[str]:
+    """The MATCHED jobs none of whose matched resources is active any more: no live agent
+    would ever take them, so they must be offered to others."""
+    resource_ids = sorted({rid for job in matched for rid in job.matched_resources})
+    active: set[str] = set()
+    for start in range(0, len(resource_ids), _IN_BATCH):
+        batch = resource_ids[start : start + _IN_BATCH]
+        active.update(
+            session.scalars(
+                select(Resource.id).where(Resource.id.in_(batch), Resource.active.is_(True))
+            )
+        )
+    return {job.id for job in matched if active.isdisjoint(job.matched_resources)}
 
 
 def _declines_of_created_jobs(session: Session) -> dict[str, set[str]]:
@@ -114,9 +138,9 @@ def _declines_of_created_jobs(session: Session) -> dict[str, set[str]]:
 
 
 def rematch(session: Session, job: Job, at: datetime, limit: int) -> bool:
-    """Match a MATCHED job anew after a decline, among the resources that did not decline it;
-    with none left it goes back to CREATED for the background matcher. Returns whether it is
-    still MATCHED."""
+    """Match a MATCHED job anew (after a decline, or once its resources went inactive), among
+    the resources that did not decline it; with none left it goes back to CREATED for the
+    background matcher. Returns whether it is still MATCHED."""
     matches = find_matches(session, job, at, limit, exclude=declined_by(session, job.id))
     job.matched_resources = matches
     job.status = (JobStatus.MATCHED if matches else JobStatus.CREATED).value

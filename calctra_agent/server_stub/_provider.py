@@ -158,17 +158,30 @@ def decline_offer(
 # Status reports
 
 
-def held_job(session: Session, agent: AgentPrincipal, job_id: str) -> Job:
-    """The job, if the agent's resource holds it: 404 for an unknown job, 403 for another's."""
+def held_job(
+    session: Session, agent: AgentPrincipal, job_id: str, action: str = "report on it or claim it"
+) -> Job:
+    """The job, if the agent's resource holds it: 404 for an unknown job, 403 for another's;
+    `action` says in the 403's message what only the holder may do."""
     job = _existing_job(session, job_id)
     if not _holds(agent, job):
         raise ApiError(
             ErrorCode.PERMISSION_DENIED,
             f"job {job_id} is not held by resource {agent.resource_id}; only the resource "
-            "that accepted a job may report on it or claim it",
+            f"that accepted a job may {action}",
             jobId=job_id,
         )
     return job
+
+
+OPEN_STATUSES = frozenset({JobStatus.ACCEPTED.value, JobStatus.RUNNING.value})
+"""The states in which the resource that holds a job works on it."""
+
+
+def require_open(job: Job, attempt: str) -> None:
+    """409 with the job's state unless it is ACCEPTED or RUNNING."""
+    if job.status not in OPEN_STATUSES:
+        raise _conflict(f"cannot {attempt} job {job.id}", job)
 
 
 def apply_report(session: Session, job: Job, report: StatusReport, at: datetime) -> None:

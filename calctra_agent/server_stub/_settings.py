@@ -20,6 +20,9 @@ class ServerSettings:
     0 turns rate limiting off."""
     rate_limit_window_s: int = 60
     max_upload_bytes: int = 1024 * 1024 * 1024
+    """The largest dataset, and the largest result archive, the server takes."""
+    max_log_bytes: int = 16 * 1024 * 1024
+    """How much of a job's log the server keeps; later bytes are dropped."""
     webhook_max_attempts: int = 8
     webhook_backoff_base_s: float = 1.0
     webhook_backoff_max_s: float = 300.0
@@ -40,3 +43,11 @@ class ServerSettings:
     @property
     def uploads_dir(self) -> Path:
         return self.data_dir / "datasets"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.data_dir / "results"

@@ -1,5 +1,5 @@
-"""Streaming multipart uploads: the file part goes to disk chunk by chunk, hashed on the way,
-and the upload stops as soon as it passes the size limit."""
+"""Streaming uploads: a multipart form's file part, or a raw body, goes to disk chunk by chunk,
+hashed on the way, and the upload stops as soon as it passes the size limit."""
 
 from __future__ import annotations
 
@@ -92,11 +92,7 @@ class _Receiver:
             return
         self.upload.size += len(chunk)
         if self.upload.size > self.max_bytes:
-            raise ApiError(
-                ErrorCode.PAYLOAD_TOO_LARGE,
-                f"the file is larger than this server's limit of {self.max_bytes} bytes",
-                limitBytes=self.max_bytes,
-            )
+            raise too_large("the file", self.max_bytes)
         self._hash.update(chunk)
         self._file.write(chunk)
 
@@ -131,13 +127,7 @@ async def receive_upload(request: Request, temp_path: Path, max_bytes: int) -> U
     boundary = params.get(b"boundary")
     if content_type != b"multipart/form-data" or not boundary:
         raise validation_error("send the dataset as multipart/form-data with a 'file' part")
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes + 64 * 1024:
-        raise ApiError(
-            ErrorCode.PAYLOAD_TOO_LARGE,
-            f"the upload is larger than this server's limit of {max_bytes} bytes",
-            limitBytes=max_bytes,
-        )
+    _refuse_declared_length(request, max_bytes, slack=64 * 1024)
     receiver = _Receiver(temp_path, max_bytes)
     parser = MultipartParser(boundary, receiver.callbacks())  # type: ignore[arg-type]
     try:
@@ -160,6 +150,58 @@ async def receive_upload(request: Request, temp_path: Path, max_bytes: int) -> U
     if receiver.upload.path is None:
         raise validation_error("the form has no 'file' part", field="file")
     return receiver.upload
+
+
+async def receive_body(request: Request, temp_path: Path, max_bytes: int) -> Upload:
+    """Stream a raw request body into `temp_path`, hashing it on the way; 413 as soon as it
+    passes `max_bytes`, with or without a Content-Length. The file is removed on any failure."""
+    _refuse_declared_length(request, max_bytes)
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with open(temp_path, "xb") as file:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise too_large("the upload", max_bytes)
+                digest.update(chunk)
+                file.write(chunk)
+    except ClientDisconnect:
+        temp_path.unlink(missing_ok=True)
+        raise validation_error("the client disconnected before the upload finished") from None
+    except BaseException:
+        temp_path.unlink(missing_ok=True)
+        raise
+    return Upload(fields={}, path=temp_path, size=size, sha256=digest.hexdigest())
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The whole raw request body, for small bodies only; 413 past `max_bytes`."""
+    _refuse_declared_length(request, max_bytes)
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            body.extend(chunk)
+            if len(body) > max_bytes:
+                raise too_large("the body", max_bytes)
+    except ClientDisconnect:
+        raise validation_error("the client disconnected before the body arrived") from None
+    return bytes(body)
+
+
+def too_large(what: str, max_bytes: int) -> ApiError:
+    return ApiError(
+        ErrorCode.PAYLOAD_TOO_LARGE,
+        f"{what} is larger than this server's limit of {max_bytes} bytes",
+        limitBytes=max_bytes,
+    )
+
+
+def _refuse_declared_length(request: Request, max_bytes: int, slack: int = 0) -> None:
+    """Refuse at once a body whose Content-Length already passes the limit."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes + slack:
+        raise too_large("the upload", max_bytes)
 
 
 def discard(path: Path | None) -> None:

@@ -27,6 +27,8 @@ class Reply:
     """JSON-encoded unless bytes."""
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
+    cut_after: int | None = None
+    """Send only this many bytes of the body, then close the connection."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class Seen:
     path: str
     query: dict[str, list[str]]
     received_at: float
+    body: bytes = b""
 
 
 class _Server(ThreadingHTTPServer):
@@ -59,9 +62,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer()
 
     def _answer(self) -> None:
-        self.rfile.read(int(self.headers.get("content-length") or 0))
+        received = self.rfile.read(int(self.headers.get("content-length") or 0))
         url = urlsplit(self.path)
-        reply = self.server.scripted.next_reply(self.command, url.path, parse_qs(url.query))
+        reply = self.server.scripted.next_reply(
+            self.command, url.path, parse_qs(url.query), received
+        )
         time.sleep(reply.delay_s)
         body = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
         self.send_response(reply.status)
@@ -70,7 +75,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.send_header("content-length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        self.wfile.write(body if reply.cut_after is None else body[: reply.cut_after])
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -95,9 +100,11 @@ class ScriptedServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def next_reply(self, method: str, path: str, query: dict[str, list[str]]) -> Reply:
+    def next_reply(
+        self, method: str, path: str, query: dict[str, list[str]], body: bytes = b""
+    ) -> Reply:
         with self._lock:
-            self.requests.append(Seen(method, path, query, time.monotonic()))
+            self.requests.append(Seen(method, path, query, time.monotonic(), body))
             replies = self.script.get((method, path)) or [Reply(404, {"error": _missing()})]
             return replies.pop(0) if len(replies) > 1 else replies[0]
 

@@ -3,10 +3,12 @@
 A `Machine` is a directory with an agent.toml and a state dir, whose owner has an account on
 a reference server. `login()` runs `calctra-agent login` as a subprocess; `start()` runs the
 daemon as `python -m tests.agent_main` (the real daemon, with the tests' ProcessRunner), and
-`stop()` / `kill()` end it. The `market` fixture makes machines, accounts and jobs on one
-server for the whole package, and removes them at the end of each test so that the next one
-starts from an empty market: a leftover resource or job would be matched to the next test's
-jobs or machines. Tests that stop the server use `module_server` with `open_market`.
+`stop()` / `kill()` end it; a machine made with `docker=True` runs `calctra-agent run` itself,
+with the Docker runner, against the test engine. The `market` fixture makes machines, accounts
+and jobs on one server for the whole package, and removes them at the end of each test so
+that the next one starts from an empty market: a leftover resource or job would be matched to
+the next test's jobs or machines. Tests that stop the server use `module_server` with
+`open_market`.
 """
 
 from __future__ import annotations
@@ -184,6 +186,8 @@ class Machine:
     config: dict[str, Any]
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    docker: bool = False
+    """Run `calctra-agent run` (the Docker runner) rather than tests.agent_main."""
 
     @property
     def config_path(self) -> Path:
@@ -252,8 +256,12 @@ class Machine:
         with open(self.log_path, "ab") as log:
             log.write(f"--- start {self.starts}\n".encode())
             log.flush()
+            if self.docker:
+                command = ["-m", "calctra_agent", "run", "--config", str(self.config_path)]
+            else:
+                command = ["-m", "tests.agent_main", str(self.config_path)]
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "tests.agent_main", str(self.config_path)],
+                [sys.executable, *command],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=REPO,
@@ -358,8 +366,9 @@ class Market:
         self.accounts.append(acct)
         return acct
 
-    def machine(self, login: bool = True, **config: Any) -> Machine:
-        """A provider machine with a fresh owner; logged in unless `login=False`."""
+    def machine(self, login: bool = True, docker: bool = False, **config: Any) -> Machine:
+        """A provider machine with a fresh owner; logged in unless `login=False`; running
+        the Docker runner with `docker=True`."""
         owner = self.account("Provider Pat")
         root = self.tmp_path / f"machine-{len(self.machines)}-{uuid.uuid4().hex[:6]}"
         root.mkdir()
@@ -374,7 +383,7 @@ class Market:
             "max_concurrent_jobs": 2,
         }
         settings.update(config)
-        machine = Machine(self.live, owner, root, settings)
+        machine = Machine(self.live, owner, root, settings, docker=docker)
         machine.write_config()
         self.machines.append(machine)
         if login:

@@ -18,7 +18,9 @@ T4 = Gpu(index=1, uuid="GPU-t4", name="Tesla T4", memory_total_bytes=16 * GIB)
 MACHINE = Capacity(cpu_cores=16, memory_gb=64, storage_gb=500, gpus=(A100, T4))
 
 
-def offer(budget: float = 100, deadline: datetime | None = None, **req: object) -> Offer:
+def offer(
+    budget: float = 100, deadline: datetime | None = None, image: str | None = None, **req: object
+) -> Offer:
     requirements = {"min_cpu_cores": 2, "min_memory_gb": 4, "estimated_duration_hours": 2}
     requirements.update(req)
     return Offer(
@@ -30,6 +32,7 @@ def offer(budget: float = 100, deadline: datetime | None = None, **req: object) 
         budget=budget,
         deadline=deadline,
         created_at=NOW,
+        image=image,
     )
 
 
@@ -155,3 +158,18 @@ def test_gpu_job_is_declined_when_every_suitable_gpu_is_busy() -> None:
     busy = [Grant(cpu_cores=1, memory_gb=1, storage_gb=0, gpu_uuids=("GPU-a100",))]
     decision = decide(offer(needs_gpu=True, min_gpu_memory_gb=40), MACHINE, busy, terms(), NOW)
     declined(decision, DeclineReason.INSUFFICIENT_CAPACITY)
+
+
+def test_offer_naming_an_image_off_the_list_is_declined() -> None:
+    allowed = terms(permitted_images=frozenset({"python:3.12-slim"}))
+    message = declined(
+        decide(offer(image="evil/miner:1"), MACHINE, [], allowed, NOW),
+        DeclineReason.IMAGE_NOT_ALLOWED,
+    )
+    assert "evil/miner:1" in message
+
+
+def test_offer_naming_a_listed_image_or_none_is_accepted() -> None:
+    allowed = terms(permitted_images=frozenset({"python:3.12-slim"}))
+    assert isinstance(decide(offer(image="python:3.12-slim"), MACHINE, [], allowed, NOW), Accept)
+    assert isinstance(decide(offer(), MACHINE, [], allowed, NOW), Accept)

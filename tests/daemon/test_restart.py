@@ -171,3 +171,43 @@ def test_sigterm_while_the_server_is_down_exits_at_once(
         assert time.monotonic() - started < 3
     finally:
         module_server.start()
+
+
+def test_job_accepted_just_before_a_crash_is_started_at_the_next_start(
+    market: Market, machine: Machine, customer: Account, tmp_path: Path
+) -> None:
+    machine.start()
+    machine.stop()
+    runs = tmp_path / "runs"
+    job_id = market.job(customer, code=job_code(runs))
+    # The accept that the agent made before it died, without writing the job down.
+    with machine.agent_client() as agent:
+        wait_for(
+            lambda: agent.post(f"/provider/offers/{job_id}/accept").status_code == 200,
+            what="the job to be matched and accepted",
+        )
+
+    machine.start()
+    wait_for(lambda: paid(market, job_id), what="the payment")
+
+    assert f"job accepted before a restart, starting it job_id={job_id}" in machine.log()
+    assert get_status(customer, job_id) == "COMPLETED"
+    assert runs.read_text() == "ran\n"
+
+
+def test_job_cancelled_while_the_agent_was_down_is_dropped_at_the_next_start(
+    market: Market, machine: Machine, customer: Account, tmp_path: Path
+) -> None:
+    machine.start()
+    go = tmp_path / "go"
+    job_id = market.job(customer, code=job_code(go=go))
+    wait_job(customer, job_id, status="RUNNING")
+    machine.kill()
+    assert customer.http.post(f"/jobs/{job_id}/cancel").status_code == 200
+
+    machine.start()
+
+    assert f"job no longer assigned to this machine, dropping it job_id={job_id}" in machine.log()
+    assert "jobs recovered running=0 lost=0" in machine.log()
+    assert outbox(machine, job_id) == 0
+    assert get_status(customer, job_id) == "CANCELLED"

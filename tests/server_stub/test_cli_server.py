@@ -90,6 +90,8 @@ def test_log_level_warning_leaves_out_request_lines(make_server: MakeServer) -> 
         (["--rate-limit", "-5"], "--rate-limit"),
         (["--rate-limit-window", "0"], "--rate-limit-window"),
         (["--max-upload-mb", "0"], "--max-upload-mb"),
+        (["--max-log-mb", "0"], "--max-log-mb"),
+        (["--max-log-mb", "lots"], "--max-log-mb"),
         (["--log-level", "loud"], "--log-level"),
         (["--no-such-option"], "--no-such-option"),
     ],

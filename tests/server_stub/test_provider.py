@@ -35,7 +35,7 @@ from tests.server_stub.provider_support import (
 )
 
 OFFER_FIELDS = {"jobId", "name", "type", "requirements", "datasets", "budget", "deadline",
-                "createdAt"}  # fmt: skip
+                "createdAt", "image"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")

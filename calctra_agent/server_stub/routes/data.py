@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import logging
+import mimetypes
+import re
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import ValidationError
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
+from starlette.responses import StreamingResponse
 
-from calctra_agent.server_stub._context import Context, UserId
+from calctra_agent.server_stub._agent_tokens import AgentPrincipal
+from calctra_agent.server_stub._context import AnyCaller, Caller, Context, UserId
 from calctra_agent.server_stub._db import Dataset, Job, new_id, utcnow
+from calctra_agent.server_stub._downloads import BINARY_BODY, file_download
 from calctra_agent.server_stub._errors import ApiError, not_found, validation_error
 from calctra_agent.server_stub._pagination import Pagination
+from calctra_agent.server_stub._provider import OPEN_STATUSES
 from calctra_agent.server_stub._uploads import discard, receive_upload
 from calctra_agent.wire import (
     FINAL_JOB_STATUSES,
@@ -29,6 +35,10 @@ logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/data", tags=["data"])
 
 _BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
+_MEDIA_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*")
+# The standard library's own table, not the machine's /etc/mime.types, so that a format means
+# the same Content-Type on every server.
+_MEDIA_TYPES = mimetypes.MimeTypes()
 
 
 def dataset_out(row: Dataset) -> DatasetOut:
@@ -182,6 +192,72 @@ async def list_datasets(
 async def read_dataset(dataset_id: str, context: Context, user_id: UserId) -> DatasetOut:
     with context.db.transaction() as session:
         return dataset_out(_visible_dataset(session, dataset_id, user_id))
+
+
+@router.get(
+    "/{dataset_id}/content",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "The dataset's file, with X-Content-SHA256",
+            "content": {"application/octet-stream": BINARY_BODY},
+        }
+    },
+)
+async def download_dataset(dataset_id: str, context: Context, caller: AnyCaller) -> Response:
+    """The dataset's file: for its owner, for anyone when it is public, and for the agent of
+    a resource that holds an ACCEPTED or RUNNING job naming it (a user or an agent token)."""
+    with context.db.transaction() as session:
+        row = session.get(Dataset, dataset_id)
+        if row is None:
+            raise not_found("dataset", "datasetId", dataset_id)
+        _check_readable(session, row, caller)
+        headers = {"x-content-sha256": row.sha256}
+        download = file_download(
+            context.settings.uploads_dir / dataset_id, _media_type(row.format), headers
+        )
+        session.execute(
+            update(Dataset)
+            .where(Dataset.id == dataset_id)
+            .values(access_count=Dataset.access_count + 1)
+            .execution_options(synchronize_session=False)
+        )
+    logger.info("dataset downloaded dataset_id=%s agent=%s", dataset_id, caller.agent is not None)
+    return download
+
+
+def _check_readable(session: Session, row: Dataset, caller: Caller) -> None:
+    if row.is_public or (caller.agent is None and row.owner_id == caller.user_id):
+        return
+    if caller.agent is not None and _runs_job_naming(session, caller.agent, row.id):
+        return
+    raise ApiError(
+        ErrorCode.PERMISSION_DENIED,
+        f"dataset {row.id} is private: only its owner, and the agent of a resource that holds "
+        "an ACCEPTED or RUNNING job naming it, may download it",
+        datasetId=row.id,
+    )
+
+
+def _runs_job_naming(session: Session, agent: AgentPrincipal, dataset_id: str) -> bool:
+    """Whether the agent's resource holds an open job that names the dataset."""
+    rows = session.scalars(
+        select(Job.datasets).where(
+            Job.assigned_resource_id == agent.resource_id, Job.status.in_(OPEN_STATUSES)
+        )
+    )
+    return any(dataset_id in datasets for datasets in rows)
+
+
+def _media_type(data_format: str) -> str:
+    """The Content-Type of a dataset: its format when that is a media type (text/csv), the
+    type of files with that extension (CSV), else application/octet-stream."""
+    if _MEDIA_TYPE.fullmatch(data_format):
+        return data_format.lower()
+    guessed, encoding = _MEDIA_TYPES.guess_type(f"dataset.{data_format.lower()}", strict=False)
+    if encoding == "gzip":
+        return "application/gzip"
+    return guessed if guessed and encoding is None else "application/octet-stream"
 
 
 @router.put("/{dataset_id}", response_model=Message)

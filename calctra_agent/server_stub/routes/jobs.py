@@ -30,6 +30,7 @@ from calctra_agent.server_stub._ledger import (
     user_account,
 )
 from calctra_agent.server_stub._pagination import Pagination
+from calctra_agent.server_stub._results import result_out
 from calctra_agent.wire import (
     FINAL_JOB_STATUSES,
     ErrorCode,
@@ -71,6 +72,8 @@ def job_out(job: Job, detail: bool = False) -> JobOut:
         assigned_resource=job.assigned_resource_id,
         status_message=job.status_message,
         rating=job.rating,
+        image=job.image,
+        result=result_out(job),
     )
     return JobDetail(**fields, code=job.code) if detail else JobOut(**fields)
 
@@ -179,6 +182,7 @@ async def create_job(body: JobRequest, context: Context, user_id: UserId) -> Job
         progress=0,
         matched_resources=[],
         created_at=now,
+        image=body.image,
     )
     with context.db.transaction() as session:
         _check_datasets(session, body.datasets, user_id)

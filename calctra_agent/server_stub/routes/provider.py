@@ -66,6 +66,7 @@ def offer_out(job: Job) -> Offer:
         budget=from_micro(job.budget),
         deadline=job.deadline,
         created_at=job.created_at,
+        image=job.image,
     )
 
 
@@ -82,6 +83,7 @@ def accepted_job_out(job: Job) -> AcceptedJob:
         price_per_hour=from_micro(job.price_per_hour or 0),
         status=JobStatus(job.status),
         accepted_at=job.accepted_at or job.created_at,
+        image=job.image,
     )
 
 
