@@ -102,7 +102,7 @@ def demo(
     root = Path(tempfile.mkdtemp(prefix="calctra-demo-"))
     deadline = time.monotonic() + timeout
     try:
-        _check_engine(image, root)
+        _check_engine(image)
         with _reference_server(root / "server") as api_url:
             console.print(f"reference server: {api_url} (data in {root / 'server'})")
             accounts = _make_accounts(api_url)
@@ -127,7 +127,7 @@ def _default_image() -> str:
 # the engine and the image
 
 
-def _check_engine(image: str, root: Path) -> None:
+def _check_engine(image: str) -> None:
     """The engine must answer and hold the image (pulled when missing)."""
     from calctra_agent.errors import RunnerError
     from calctra_agent.runner.docker import ensure_image_present
@@ -135,13 +135,12 @@ def _check_engine(image: str, root: Path) -> None:
     try:
         ensure_image_present(image)
     except RunnerError as exc:
-        hint = ""
-        if "registry" in str(exc) or "pull" in str(exc):
-            hint = (
-                f"; build it locally with `{BUILD_IMAGES}`, then run "
-                f"`calctra-agent demo --image {LOCAL_IMAGE}`"
-            )
-        raise fail(f"{exc}{hint}") from None
+        if not str(exc).startswith(f"cannot pull image {image}"):
+            raise
+        raise fail(
+            f"the engine has no image {image} and no registry answered for it; build one "
+            f"locally with `{BUILD_IMAGES}`, then run `calctra-agent demo --image {LOCAL_IMAGE}`"
+        ) from None
     console.print(f"job image: {image}")
 
 
@@ -266,7 +265,8 @@ def _running_agent(settings: Any, owner: Any, log_path: Path) -> Iterator[None]:
             thread.join(timeout=30)
         session.client.close()
         session.state.close()
-        logging.getLogger().removeHandler(handler)
+        # The offer thread's last long poll may still end after this: it logs to the file.
+        handler.flush()
 
 
 def _log_to(path: Path) -> logging.Handler:

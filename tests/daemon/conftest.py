@@ -188,6 +188,8 @@ class Machine:
     starts: int = 0
     docker: bool = False
     """Run `calctra-agent run` (the Docker runner) rather than tests.agent_main."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Environment of the CLI and the daemon, over the test's own."""
 
     @property
     def config_path(self) -> Path:
@@ -233,7 +235,7 @@ class Machine:
             capture_output=True,
             text=True,
             cwd=REPO,
-            env=_environment(),
+            env={**_environment(), **self.env},
             timeout=timeout_s,
         )
 
@@ -265,7 +267,7 @@ class Machine:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=REPO,
-                env=_environment(),
+                env={**_environment(), **self.env},
             )
         if wait_ready:
             self.wait_log("agent ready", occurrences=self.starts)
@@ -331,6 +333,25 @@ class Machine:
         if not self.work_dir.exists():
             return []
         return sorted(p.name for p in self.work_dir.iterdir() if (p / "pid").exists())
+
+    def containers(self) -> list[Any]:
+        """The job containers of this machine's agent, running or not."""
+        from tests.docker_support import docker_client
+
+        instance = self.meta("instance_id")
+        client = docker_client()
+        try:
+            return list(
+                client.containers.list(
+                    all=True, filters={"label": f"calctra.instance-id={instance}"}
+                )
+            )
+        finally:
+            client.close()
+
+    def remove_containers(self) -> None:
+        for container in self.containers():
+            container.remove(force=True)
 
     def kill_jobs(self) -> None:
         """Kill what is left of the jobs' processes."""
@@ -409,6 +430,8 @@ class Market:
             if machine.running:
                 machine.kill()
             machine.kill_jobs()
+            if machine.docker and _has_state(machine):
+                machine.remove_containers()
         if self.live.process is not None and self.live.process.poll() is None:
             self._remove_from_server()
         for acct in self.accounts:
