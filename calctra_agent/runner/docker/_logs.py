@@ -4,8 +4,10 @@ its tail kept for the outcome's message. Memory stays bounded whatever the job p
 Two threads per job: one reads the engine's stream, one ships. Between them is a buffer of at
 most BUFFER_BYTES: when it is full the reader waits, which costs the job nothing, since the
 engine keeps the log on its disk meanwhile. Once shipping ends (the platform's cap is reached,
-or the platform refused or could not be reached), the reader goes on alone for progress lines
-and the tail.
+or the platform refused or could not be reached), the whole stream is no longer needed: the
+reader lets it go and reads only the log's last lines, every TAIL_POLL_S, for progress lines
+and the tail. Reading a stream costs the engine and the agent CPU for every line a job
+prints, which a job printing hundreds of MB would otherwise pay for in its own run time.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ BATCH_BYTES = 256 * 1024
 BATCH_S = 1.0
 BUFFER_BYTES = 4 * BATCH_BYTES
 TAIL_BYTES = 3000
+TAIL_LINES = 1000
+"""Lines read at each look at the log's end, once shipping ended."""
+TAIL_POLL_S = 1.0
 _LINE_BYTES = 200
 """Progress lines are short: a longer line is no progress line, and is not kept."""
 _PROGRESS_LINE = re.compile(rb"^CALCTRA_PROGRESS=\s*([0-9]+(?:\.[0-9]*)?)\s*$")
@@ -42,7 +47,13 @@ _WAIT_S = 0.5
 class LogStream(Protocol):
     def __iter__(self) -> Iterator[bytes]: ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """End the stream; safe from any thread, the reader's iteration ends."""
+        ...
+
+    def release(self) -> None:
+        """Free what the stream holds, once the reader is done with it."""
+        ...
 
 
 class _Batches:
@@ -71,6 +82,10 @@ class _Batches:
         with self._changed:
             self._ended = True
             self._changed.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def close(self) -> None:
         """Nothing more is shipped: `put` drops its bytes, and `take` answers None."""
@@ -110,8 +125,10 @@ class LogFollower:
         platform: JobPlatform,
         open_stream: Callable[[], LogStream],
         is_running: Callable[[], bool],
+        read_tail: Callable[[int], bytes],
     ) -> None:
         self.job_id = job_id
+        self._read_tail = read_tail
         self._directory = directory
         self._platform = platform
         self._open_stream = open_stream
@@ -166,15 +183,38 @@ class LogFollower:
 
     def _read(self) -> None:
         try:
-            while not self._stopped.is_set():
+            while not self._stopped.is_set() and not self._batches.closed:
                 self._read_stream()
-                if self._stopped.is_set() or not self._still_running():
+                if self._stopped.is_set() or self._batches.closed or not self._still_running():
                     break
                 # The stream broke while the job runs on: read it again from the start.
                 logger.info("log stream reopened job_id=%s", self.job_id)
                 time.sleep(_REOPEN_PAUSE_S)
+            if self._batches.closed and not self._stopped.is_set():
+                self._watch_tail()
         finally:
             self._batches.end()
+
+    def _watch_tail(self) -> None:
+        """Shipping ended: read the log's last lines until the job ends, then once more."""
+        while not self._stopped.is_set() and self._still_running():
+            self._look_at_tail()
+            self._stopped.wait(TAIL_POLL_S)
+        if not self._stopped.is_set():
+            self._look_at_tail()
+
+    def _look_at_tail(self) -> None:
+        try:
+            data = self._read_tail(TAIL_LINES)
+        except RunnerError as exc:
+            logger.warning("log tail unavailable job_id=%s error=%s", self.job_id, exc)
+            return
+        self._tail = data[-TAIL_BYTES:]
+        for line in reversed(data.split(b"\n")):
+            match = _PROGRESS_LINE.match(line.rstrip(b"\r")) if len(line) <= _LINE_BYTES else None
+            if match:
+                self._progress = clamp_percent(float(match.group(1)))
+                return
 
     def _still_running(self) -> bool:
         try:
@@ -189,7 +229,7 @@ class LogFollower:
         seen = 0
         try:
             for chunk in stream:
-                if self._stopped.is_set():
+                if self._stopped.is_set() or self._batches.closed:
                     return
                 # After a reopen the stream starts again at byte 0: skip what was read.
                 fresh = chunk[max(0, self._position - seen) :]
@@ -200,6 +240,7 @@ class LogFollower:
             with self._stream_lock:
                 self._stream = None
             stream.close()
+            stream.release()
 
     def _open(self) -> LogStream | None:
         try:

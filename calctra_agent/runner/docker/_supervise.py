@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -262,6 +262,7 @@ class Supervisor:
             self.context.platform,
             open_stream=lambda: self._log_stream(container),
             is_running=lambda: self._running(container),
+            read_tail=lambda lines: self._log_tail(container, lines),
         )
         self._follower = follower
         follower.start()
@@ -271,8 +272,13 @@ class Supervisor:
 
     def _log_stream(self, container: Container) -> LogStream:
         with engine_errors(f"read the log of job {self.job_id}"):
-            stream: LogStream = container.logs(stream=True, follow=True, stdout=True, stderr=True)
-        return stream
+            stream = container.logs(stream=True, follow=True, stdout=True, stderr=True)
+        return _EngineLogStream(stream)
+
+    def _log_tail(self, container: Container, lines: int) -> bytes:
+        with engine_errors(f"read the log of job {self.job_id}"):
+            data: bytes = container.logs(stdout=True, stderr=True, tail=lines)
+        return data
 
     def _running(self, container: Container) -> bool:
         try:
@@ -468,3 +474,22 @@ def _finished_after(state: dict[str, Any], deadline: float) -> bool:
     except ValueError:
         return False
     return moment > deadline
+
+
+class _EngineLogStream:
+    """The engine's log stream. Closing docker's stream shuts its socket down but leaves the
+    HTTP response holding the socket's file until garbage collection: `release` closes it."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._stream)
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def release(self) -> None:
+        response = getattr(self._stream, "_response", None)
+        if response is not None:
+            response.close()
