@@ -16,6 +16,7 @@ import logging
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
@@ -39,6 +40,7 @@ TAIL_LINES = 1000
 TAIL_POLL_S = 1.0
 _LINE_BYTES = 200
 """Progress lines are short: a longer line is no progress line, and is not kept."""
+_MARKER = b"CALCTRA_PROGRESS="
 _PROGRESS_LINE = re.compile(rb"^CALCTRA_PROGRESS=\s*([0-9]+(?:\.[0-9]*)?)\s*$")
 _REOPEN_PAUSE_S = 0.5
 _WAIT_S = 0.5
@@ -136,7 +138,8 @@ class LogFollower:
         self._shipped, truncated = read_log_state(directory)
         self._skip = self._shipped
         self._position = 0
-        self._tail = b""
+        self._tail_chunks: deque[bytes] = deque([b""])
+        self._tail_size = 0
         self._line = bytearray()
         self._progress: int | None = None
         self._batches = _Batches()
@@ -154,7 +157,7 @@ class LogFollower:
         return self._progress
 
     def tail(self) -> str:
-        return self._tail.decode("utf-8", errors="replace")
+        return b"".join(self._tail_chunks)[-TAIL_BYTES:].decode("utf-8", errors="replace")
 
     def start(self) -> None:
         self._reader.start()
@@ -209,7 +212,8 @@ class LogFollower:
         except RunnerError as exc:
             logger.warning("log tail unavailable job_id=%s error=%s", self.job_id, exc)
             return
-        self._tail = data[-TAIL_BYTES:]
+        self._tail_chunks = deque([data[-TAIL_BYTES:]])
+        self._tail_size = len(self._tail_chunks[0])
         for line in reversed(data.split(b"\n")):
             match = _PROGRESS_LINE.match(line.rstrip(b"\r")) if len(line) <= _LINE_BYTES else None
             if match:
@@ -258,12 +262,25 @@ class LogFollower:
     def _consume(self, chunk: bytes) -> None:
         start = self._position
         self._position += len(chunk)
-        self._tail = (self._tail + chunk)[-TAIL_BYTES:]
+        self._keep_tail(chunk)
         self._scan_lines(chunk)
         if self._position > self._skip:
             self._batches.put(chunk[max(0, self._skip - start) :])
 
+    def _keep_tail(self, chunk: bytes) -> None:
+        # The engine's stream comes a line at a time: copying the whole tail for each would
+        # cost more than everything else the reader does.
+        self._tail_chunks.append(chunk)
+        self._tail_size += len(chunk)
+        while self._tail_size - len(self._tail_chunks[0]) >= TAIL_BYTES:
+            self._tail_size -= len(self._tail_chunks.popleft())
+
     def _scan_lines(self, chunk: bytes) -> None:
+        if not self._line and _MARKER not in chunk:
+            # No progress line can be in this chunk: only the unfinished line is kept.
+            rest = chunk[chunk.rfind(b"\n") + 1 :]
+            self._line = bytearray(rest if len(rest) <= _LINE_BYTES else b"-")
+            return
         *complete, rest = chunk.split(b"\n")
         for piece in complete:
             self._line += piece
