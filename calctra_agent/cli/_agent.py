@@ -146,11 +146,12 @@ def run(config: ConfigOption = None) -> None:
 @user_errors
 def status(config: ConfigOption = None, json_output: JsonOption = False) -> None:
     """This machine's resource, its last heartbeat, running jobs and earnings."""
-    from calctra_agent.daemon import open_session
+    from calctra_agent.daemon import agent_token_checked, open_session
 
     session = open_session(load(config))
     try:
-        resource = session.client.get_provider_resource()
+        with agent_token_checked():
+            resource = session.client.get_provider_resource()
         jobs = session.state.jobs()
     finally:
         session.client.close()

@@ -3,6 +3,7 @@
 from calctra_agent.daemon._agent import Agent, AgentConfig
 from calctra_agent.daemon._assemble import (
     Session,
+    agent_token_checked,
     build_agent,
     effective_price,
     open_session,
@@ -16,13 +17,16 @@ from calctra_agent.daemon._decide import (
     Terms,
     decide,
 )
+from calctra_agent.daemon._messages import TOKEN_REFUSED
 from calctra_agent.daemon._notify import notify
 from calctra_agent.daemon._resource import remember_registration, sync_resource
 from calctra_agent.daemon._state import PRICE_OVERRIDE_KEY, Credentials, LocalJob, State
 
 __all__ = [
     "PRICE_OVERRIDE_KEY",
+    "TOKEN_REFUSED",
     "Session",
+    "agent_token_checked",
     "build_agent",
     "effective_price",
     "open_session",

@@ -16,10 +16,18 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from calctra_agent import __version__
 from calctra_agent.daemon._decide import Accept, Terms, decide
+from calctra_agent.daemon._messages import TOKEN_REFUSED
 from calctra_agent.daemon._notify import notify
 from calctra_agent.daemon._reports import ReportSender
 from calctra_agent.daemon._state import OPEN_STATUSES, State
-from calctra_agent.errors import ApiError, ApiUnavailable, CalctraError, Conflict, RunnerError
+from calctra_agent.errors import (
+    ApiError,
+    ApiUnavailable,
+    AuthenticationRequired,
+    CalctraError,
+    Conflict,
+    RunnerError,
+)
 from calctra_agent.probe import Capacity
 from calctra_agent.runner import Completed, Failed, Grant, JobSpec, Outcome, Runner
 from calctra_agent.wire import (
@@ -386,7 +394,12 @@ class Agent:
             answer = self.client.heartbeat(request)
         except (ApiUnavailable, ApiError) as exc:
             if self._active is not False and not self._stop_requests.is_set():
-                logger.warning("heartbeat failed error=%s", exc)
+                if isinstance(exc, AuthenticationRequired):
+                    logger.error("heartbeat refused: %s error=%s", TOKEN_REFUSED, exc)
+                else:
+                    logger.warning("heartbeat failed error=%s", exc)
+            if isinstance(exc, AuthenticationRequired):
+                self._take_new_token()
             self._active = False
         else:
             if answer.active != self._active:
@@ -398,6 +411,15 @@ class Agent:
                 self._cancel_local(job_id)
         notify("WATCHDOG=1")
         return interval
+
+    def _take_new_token(self) -> None:
+        """A `calctra-agent login` while the agent runs leaves a new token in the state: the
+        agent goes on with it, rather than waiting for a restart."""
+        credentials = self.state.credentials()
+        if credentials is None or credentials.agent_token == self.client.token:
+            return
+        self.client.token = credentials.agent_token
+        logger.info("agent token renewed by a login token_id=%s", credentials.token_id)
 
     def _utilization(self) -> Utilization:
         try:

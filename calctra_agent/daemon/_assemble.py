@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
@@ -13,9 +15,10 @@ from calctra_agent.api_client import CalctraClient
 from calctra_agent.config import AgentSettings, resource_request
 from calctra_agent.daemon._agent import Agent, AgentConfig
 from calctra_agent.daemon._decide import Terms
+from calctra_agent.daemon._messages import TOKEN_REFUSED
 from calctra_agent.daemon._resource import sync_resource
 from calctra_agent.daemon._state import Credentials, State
-from calctra_agent.errors import StateError
+from calctra_agent.errors import ApiUnavailable, AuthenticationRequired, ServerError, StateError
 from calctra_agent.probe import Capacity, probe_machine, sample_utilization
 from calctra_agent.runner import Runner
 from calctra_agent.wallet import ClaimSigner
@@ -50,6 +53,25 @@ def open_session(settings: AgentSettings) -> Session:
     return Session(state, credentials, client, stop_requests)
 
 
+@contextmanager
+def agent_token_checked() -> Iterator[None]:
+    """Turn the platform's refusal of the agent token into the one thing to do about it."""
+    try:
+        yield
+    except AuthenticationRequired as exc:
+        raise StateError(TOKEN_REFUSED) from exc
+
+
+def _check_token(client: CalctraClient) -> None:
+    """Ask the platform once, at the start, whether it takes the agent token: a refused token
+    stops the start with what to do. A platform that cannot be reached is no reason not to
+    start: the agent keeps trying."""
+    try:
+        client.get_provider_resource()
+    except (ApiUnavailable, ServerError) as exc:
+        logger.warning("platform not reachable at the start error=%s", exc)
+
+
 def effective_price(settings: AgentSettings, state: State) -> float | None:
     """The price set with `pricing set`, else the configured one."""
     override = state.price_override()
@@ -78,7 +100,9 @@ def build_agent(settings: AgentSettings, session: Session, runner: Runner) -> Ag
     request = resource_request(
         settings.model_copy(update={"price_per_hour": price}), capacity.to_specs()
     )
-    sync_resource(session.client, session.state, request)
+    with agent_token_checked():
+        _check_token(session.client)
+        sync_resource(session.client, session.state, request)
     sign_claim = ClaimSigner(settings.wallet_path, session.credentials.resource_id)
     config = AgentConfig(
         capacity=capacity,

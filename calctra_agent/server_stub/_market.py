@@ -5,15 +5,18 @@ SQLite finds a page in well under a millisecond, but its exact total has to deco
 matching index entry: 2 to 30 ms over 100,000 resources, on every request. The index holds
 those columns of every active resource in numpy arrays sorted by (price_per_hour, id), so a
 filter is a vectorised mask, the total is the mask's count and a page is a slice of its
-positions, already in order; only the resources on the page are read from the database, by
-primary key.
+positions, already in order. The resources on a page are shown as JSON rendered once and
+kept, so that a page costs no database read and no serialization of its own: only a resource
+shown for the first time, or changed since, is read from the database, by primary key.
 
 It stays exact with every other writer, other server processes on the same database
-included, through a change log kept by the database itself: triggers on `resources` append
+included, through change logs kept by the database itself: triggers on `resources` append
 the id of each resource inserted, deleted, or changed in a listed column or in `active` to
-`market_changes`, and each search first reloads the resources logged since the last change
-it applied, in the same read snapshot as the page. The triggers keep the newest
-`KEPT_CHANGES` entries; a process that fell further behind reloads everything.
+`market_changes`, and of each resource changed in a column that the listing only shows (its
+name, say) to `market_shown_changes`. Each search first reloads the resources of the first
+log and forgets the JSON of those of both logged since the last change it applied, in the
+same read snapshot as the page. The triggers keep the newest `KEPT_CHANGES` entries of each
+log; a process that fell further behind reloads everything.
 
 The triggers are SQLite's. On any other database the listing is the plain SQL query
 (`sql_search`), exact but with SQL's count: PostgreSQL would need a trigger function and,
@@ -47,7 +50,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from calctra_agent.server_stub._db import Base, Resource
+from calctra_agent.server_stub._db import Base, Resource, from_micro
+from calctra_agent.wire import Resource as WireResource
 
 __all__ = [
     "KEPT_CHANGES",
@@ -55,7 +59,10 @@ __all__ = [
     "MarketChange",
     "MarketIndex",
     "PageRow",
+    "ShownChange",
     "page_rows",
+    "resource_fields",
+    "resource_json",
     "sql_search",
 ]
 
@@ -65,6 +72,8 @@ KEPT_CHANGES = 10_000
 """Entries the change log keeps; a process further behind than this reloads the index."""
 _RELOAD_OVER_CHANGES = 5_000
 """Past this many changes to catch up on, one full reload is cheaper than applying each."""
+_KEPT_JSON = 20_000
+"""Resources whose listed JSON is kept; past this, all is forgotten and rendered anew."""
 _IDS_PER_QUERY = 500
 
 
@@ -79,24 +88,50 @@ class MarketChange(Base):
     resource_id: Mapped[str] = mapped_column(String(32))
 
 
+class ShownChange(Base):
+    """A resource changed in a column that the listing shows but neither filters nor orders
+    on, logged by the triggers below: its listed JSON is stale, its place in the index is not."""
+
+    __tablename__ = "market_shown_changes"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    resource_id: Mapped[str] = mapped_column(String(32))
+
+
 _LISTED = ("type", "cpu_cores", "memory_gb", "storage_gb", "has_gpu", "price_per_hour", "active")
-_PRUNE = (
-    "DELETE FROM market_changes "
-    f"WHERE seq <= (SELECT max(seq) FROM market_changes) - {KEPT_CHANGES};"
-)
+_SHOWN = ("owner_id", "name", "description", "gpu_model", "gpu_memory_gb", "availability",
+          "reputation")  # fmt: skip
+
+
+def _prune(table: str) -> str:
+    return f"DELETE FROM {table} WHERE seq <= (SELECT max(seq) FROM {table}) - {KEPT_CHANGES};"
+
+
+def _changed(columns: Sequence[str]) -> str:
+    # SQLite fires UPDATE OF for every named column in the SET clause, changed or not: this
+    # WHEN keeps a heartbeat's update, or a rename's from the first log, out of the log.
+    return " OR ".join(f"OLD.{column} IS NOT NEW.{column}" for column in columns)
+
+
 _TRIGGERS = (
     "CREATE TRIGGER IF NOT EXISTS market_resource_inserted AFTER INSERT ON resources BEGIN "
-    f"INSERT INTO market_changes (resource_id) VALUES (NEW.id); {_PRUNE} END",
+    "INSERT INTO market_changes (resource_id) VALUES (NEW.id); "
+    f"{_prune('market_changes')} END",
     "CREATE TRIGGER IF NOT EXISTS market_resource_deleted AFTER DELETE ON resources BEGIN "
-    f"INSERT INTO market_changes (resource_id) VALUES (OLD.id); {_PRUNE} END",
-    # SQLite fires UPDATE OF for every listed column in the SET clause, changed or not: the
-    # WHEN keeps a heartbeat's or a rename's update out of the log.
+    "INSERT INTO market_changes (resource_id) VALUES (OLD.id); "
+    f"{_prune('market_changes')} END",
     "CREATE TRIGGER IF NOT EXISTS market_resource_updated "
     f"AFTER UPDATE OF id, {', '.join(_LISTED)} ON resources "
-    f"WHEN {' OR '.join(f'OLD.{c} IS NOT NEW.{c}' for c in ('id', *_LISTED))} BEGIN "
+    f"WHEN {_changed(('id', *_LISTED))} BEGIN "
     "INSERT INTO market_changes (resource_id) VALUES (OLD.id); "
     "INSERT INTO market_changes (resource_id) SELECT NEW.id WHERE NEW.id IS NOT OLD.id; "
-    f"{_PRUNE} END",
+    f"{_prune('market_changes')} END",
+    # A change of id is in the first log, which forgets the JSON of both ids.
+    "CREATE TRIGGER IF NOT EXISTS market_resource_shown_updated "
+    f"AFTER UPDATE OF {', '.join(_SHOWN)} ON resources WHEN {_changed(_SHOWN)} BEGIN "
+    "INSERT INTO market_shown_changes (resource_id) VALUES (NEW.id); "
+    f"{_prune('market_shown_changes')} END",
 )
 for _trigger in _TRIGGERS:
     event.listen(Base.metadata, "after_create", DDL(_trigger).execute_if(dialect="sqlite"))
@@ -208,6 +243,33 @@ def _page_row(*values: Any) -> PageRow:
     return PageRow._make([*plain, loaded, reputation, bool(active)])
 
 
+def resource_fields(row: Resource | PageRow) -> dict[str, Any]:
+    """A resource as the fields of the wire's Resource, to validate in one go."""
+    return {
+        "id": row.id,
+        "name": row.name,
+        "description": row.description,
+        "type": row.type,
+        "owner": row.owner_id,
+        "specs": {
+            "cpu_cores": row.cpu_cores,
+            "memory_gb": row.memory_gb,
+            "storage_gb": row.storage_gb,
+            "gpu_model": row.gpu_model,
+            "gpu_memory_gb": row.gpu_memory_gb,
+        },
+        "price_per_hour": from_micro(row.price_per_hour),
+        "availability": row.availability or None,
+        "reputation": round(row.reputation, 2),
+        "active": row.active,
+    }
+
+
+def resource_json(row: PageRow) -> bytes:
+    """A resource as the listing shows it: the wire's Resource as JSON, by its aliases."""
+    return WireResource.model_validate(resource_fields(row)).model_dump_json(by_alias=True).encode()
+
+
 _LISTED_ROWS = select(
     Resource.id,
     Resource.type,
@@ -220,9 +282,13 @@ _LISTED_ROWS = select(
     Resource.price_per_hour,
 ).where(Resource.active.is_(True))
 _ALL_LISTED = _LISTED_ROWS.order_by(*_ORDER)
-# Two subqueries, not min() and max() in one: SQLite answers each from the primary key's
-# b-tree only when it is alone in its SELECT.
-_SEQ_RANGE = "SELECT (SELECT max(seq) FROM market_changes), (SELECT min(seq) FROM market_changes)"
+# One subquery per bound, not min() and max() in one: SQLite answers each from the primary
+# key's b-tree only when it is alone in its SELECT.
+_SEQ_RANGES = "SELECT " + ", ".join(
+    f"(SELECT {bound}(seq) FROM {table})"
+    for table in ("market_changes", "market_shown_changes")
+    for bound in ("max", "min")
+)
 
 
 def _first_hits(mask: np.ndarray, wanted: int, total: int) -> np.ndarray:

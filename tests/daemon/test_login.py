@@ -197,7 +197,8 @@ def test_revoked_agent_token_fails_the_running_agents_heartbeats_logged_once(
 
     assert revoked.returncode == 0, revoked.stderr
     assert f"revoked {token_id}" in revoked.stdout
-    machine.wait_log("heartbeat failed error=AUTHENTICATION_REQUIRED")
+    machine.wait_log("heartbeat refused: the platform refused this machine's agent token")
+    assert "run `calctra-agent login` again error=AUTHENTICATION_REQUIRED" in machine.log()
     wait_for(
         lambda: (
             refused(market, "POST /v1/api/provider/heartbeat") >= 3
@@ -205,7 +206,41 @@ def test_revoked_agent_token_fails_the_running_agents_heartbeats_logged_once(
         ),
         what="more refused heartbeats and polls",
     )
-    assert machine.log().count("heartbeat failed") == 1
+    assert machine.log().count("heartbeat refused") == 1
     assert machine.log().count("waiting for offers failed") == 1
     tokens = machine.owner.http.get("/agent-tokens").json()["tokens"]
     assert [t["revoked"] for t in tokens if t["id"] == token_id] == [True]
+
+
+def test_status_and_run_with_a_revoked_token_say_to_log_in_again(market: Market) -> None:
+    machine = market.machine()
+    token_id = machine.meta("token_id")
+    revoked = machine.cli("tokens", "revoke", token_id, *owner_args(machine), stdin=PASSWORD)
+    assert revoked.returncode == 0, revoked.stderr
+
+    status, run = machine.cli("status"), machine.cli("run")
+
+    expected = (
+        "calctra-agent: the platform refused this machine's agent token (revoked, or its "
+        "resource deleted); run `calctra-agent login` again"
+    )
+    assert (status.returncode, status.stderr.strip()) == (1, expected)
+    # The daemon logs its start on stderr before it asks the platform.
+    assert (run.returncode, run.stderr.strip().splitlines()[-1]) == (1, expected)
+    assert "Traceback" not in run.stderr
+
+
+def test_login_while_the_agent_runs_with_a_revoked_token_gets_it_going_again(
+    market: Market,
+) -> None:
+    machine = market.machine(offer_wait_s=1)
+    machine.start()
+    token_id = machine.meta("token_id")
+    revoked = machine.cli("tokens", "revoke", token_id, *owner_args(machine), stdin=PASSWORD)
+    assert revoked.returncode == 0, revoked.stderr
+    machine.wait_log("heartbeat refused")
+
+    machine.login()
+
+    machine.wait_log(f"agent token renewed by a login token_id={machine.meta('token_id')}")
+    machine.wait_log("heartbeat ok active=True", occurrences=2)
