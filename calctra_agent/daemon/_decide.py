@@ -106,13 +106,12 @@ def _fit(offer: Offer, capacity: Capacity, grants: list[Grant], terms: Terms) ->
 def _pick_gpu(
     capacity: Capacity, grants: list[Grant], min_memory_gb: float, gpu_runtime: bool
 ) -> str | Decline:
-    if not gpu_runtime:
-        return Decline(
-            DeclineReason.GPU_UNAVAILABLE,
-            "the container engine has no GPU runtime (nvidia runtime or CDI devices)",
-        )
+    no_runtime = "the container engine has no GPU runtime (nvidia runtime or CDI devices)"
     if not capacity.gpus:
-        return Decline(DeclineReason.GPU_UNAVAILABLE, "this machine offers no GPU")
+        detail = "" if gpu_runtime else f": {no_runtime}"
+        return Decline(DeclineReason.GPU_UNAVAILABLE, f"this machine offers no GPU{detail}")
+    if not gpu_runtime:
+        return Decline(DeclineReason.GPU_UNAVAILABLE, no_runtime)
     busy = {uuid for grant in grants for uuid in grant.gpu_uuids}
     sizes = {gpu.uuid: to_gb(gpu.memory_total_bytes) for gpu in capacity.gpus}
     big_enough = [uuid for uuid, size in sizes.items() if size + 1e-9 >= min_memory_gb]

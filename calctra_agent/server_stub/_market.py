@@ -267,7 +267,9 @@ def resource_fields(row: Resource | PageRow) -> dict[str, Any]:
 
 def resource_json(row: PageRow) -> bytes:
     """A resource as the listing shows it: the wire's Resource as JSON, by its aliases."""
-    return WireResource.model_validate(resource_fields(row)).model_dump_json(by_alias=True).encode()
+    return (
+        WireResource.model_validate(resource_fields(row)).model_dump_json(by_alias=True).encode()
+    )
 
 
 _LISTED_ROWS = select(
@@ -392,9 +394,21 @@ class _Columns:
         self._price_of.update((row.id, row.price_per_hour) for row in ordered)
 
 
+def _can_catch_up(applied: int, newest: int, oldest: int) -> bool:
+    """Whether a log that holds `oldest` to `newest` still has every change after `applied`,
+    few enough to apply one by one."""
+    behind = newest - applied
+    return (
+        behind >= 0  # else the log was replaced, with the database
+        and behind <= _RELOAD_OVER_CHANGES
+        and oldest <= applied + 1  # else changes this process has not seen were pruned
+    )
+
+
 class MarketIndex:
-    """The active resources' listed columns in memory, caught up with the database's change
-    log before each search. Loaded on first use; one per server process."""
+    """The active resources' listed columns in memory, and the JSON of those listed so far,
+    caught up with the database's change logs before each search. Loaded on first use; one
+    per server process."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -402,6 +416,10 @@ class MarketIndex:
         self._type_codes: dict[str, int] = {}
         self._seq = 0
         """The newest change in the log that the index reflects."""
+        self._shown_seq = 0
+        """The newest change in the log of shown columns that the kept JSON reflects."""
+        self._json: dict[str, bytes] = {}
+        """Resource id -> its `resource_json`, as of the changes applied."""
 
     def search(
         self, connection: Connection, filters: Filters, offset: int, limit: int
@@ -412,19 +430,35 @@ class MarketIndex:
         with self._lock:
             return self._caught_up(connection).search(filters, offset, limit)
 
+    def listing(
+        self, connection: Connection, filters: Filters, offset: int, limit: int
+    ) -> tuple[int, list[bytes]]:
+        """(total, `resource_json` of each resource on the page): the page of `search`, shown."""
+        if connection.dialect.name != "sqlite":
+            total, ids = sql_search(connection, filters, offset, limit)
+            return total, [resource_json(row) for row in page_rows(connection, ids)]
+        with self._lock:
+            total, ids = self._caught_up(connection).search(filters, offset, limit)
+            return total, self._shown(connection, ids)
+
+    def _shown(self, connection: Connection, ids: Sequence[str]) -> list[bytes]:
+        """The JSON of these resources, rendered from the database where not kept."""
+        missing = [resource_id for resource_id in ids if resource_id not in self._json]
+        if missing and len(self._json) + len(missing) > _KEPT_JSON:
+            self._json = {}
+            missing = list(ids)
+        for row in page_rows(connection, missing):
+            self._json[row.id] = resource_json(row)
+        return [self._json[resource_id] for resource_id in ids if resource_id in self._json]
+
     def _caught_up(self, connection: Connection) -> _Columns:
-        [(newest, oldest)] = _sqlite_rows(connection, _SEQ_RANGE)
+        [(newest, oldest, shown_newest, shown_oldest)] = _sqlite_rows(connection, _SEQ_RANGES)
+        self._forget_shown_changes(connection, shown_newest or 0, shown_oldest or 0)
         newest = newest or 0
         columns = self._columns
-        behind = newest - self._seq
-        if (
-            columns is None
-            or behind < 0  # the log was replaced, with the database
-            or behind > _RELOAD_OVER_CHANGES
-            or (oldest or 0) > self._seq + 1  # changes this process has not seen were pruned
-        ):
+        if columns is None or not _can_catch_up(self._seq, newest, oldest or 0):
             return self._reload(connection, newest)
-        if behind:
+        if newest != self._seq:
             self._apply(connection, columns, newest)
         return columns
 
@@ -433,6 +467,7 @@ class MarketIndex:
         rows = connection.execute(_ALL_LISTED).all()
         self._columns = _Columns(rows, self._type_codes)
         self._seq = newest
+        self._json = {}
         elapsed_s = time.monotonic() - started
         logger.info(
             "market index loaded resources=%d seq=%d in_s=%.2f", len(rows), newest, elapsed_s
@@ -453,5 +488,24 @@ class MarketIndex:
             rows += connection.execute(_LISTED_ROWS.where(Resource.id.in_(chunk))).all()
         columns.remove(changed)
         columns.add(rows)
+        for resource_id in changed:
+            self._json.pop(resource_id, None)
         logger.debug("market index caught up changed=%d seq=%d", len(changed), newest)
         self._seq = newest
+
+    def _forget_shown_changes(self, connection: Connection, newest: int, oldest: int) -> None:
+        """Forget the JSON of the resources changed in a shown column since the last search,
+        or all of it where the log no longer says which."""
+        if newest == self._shown_seq:
+            return
+        if _can_catch_up(self._shown_seq, newest, oldest):
+            changed = connection.scalars(
+                select(ShownChange.resource_id)
+                .where(ShownChange.seq > self._shown_seq, ShownChange.seq <= newest)
+                .distinct()
+            )
+            for resource_id in changed:
+                self._json.pop(resource_id, None)
+        else:
+            self._json = {}
+        self._shown_seq = newest

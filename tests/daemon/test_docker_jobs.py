@@ -221,7 +221,8 @@ def test_gpu_job_is_declined_by_a_machine_whose_engine_has_no_gpu_runtime(
 
     wait_for(lambda: declines(market, job_id), what="the decline")
     assert declines(market, job_id) == [(machine.resource_id, "GPU_UNAVAILABLE")]
-    assert "reason=GPU_UNAVAILABLE detail=the container engine has no GPU runtime" in machine.log()
+    declined = "reason=GPU_UNAVAILABLE detail=this machine offers no GPU: the container engine"
+    assert f"{declined} has no GPU runtime" in machine.log()
     assert not machine.containers()
 
 

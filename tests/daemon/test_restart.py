@@ -209,5 +209,7 @@ def test_job_cancelled_while_the_agent_was_down_is_dropped_at_the_next_start(
 
     assert f"job no longer assigned to this machine, dropping it job_id={job_id}" in machine.log()
     assert "jobs recovered running=0 lost=0" in machine.log()
-    assert outbox(machine, job_id) == 0
+    # The platform's heartbeat answers name the job until the agent acknowledges the cancel.
+    machine.wait_log(f"report sent job_id={job_id} status=CANCELLED")
+    wait_for(lambda: outbox(machine, job_id) == 0, what="an empty outbox")
     assert get_status(customer, job_id) == "CANCELLED"

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
+from collections.abc import Sequence
+from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Depends, Request, Response
+from pydantic import Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from calctra_agent.server_stub._agent_tokens import revoke_resource_tokens
 from calctra_agent.server_stub._context import Context, MarketReader, UserId
-from calctra_agent.server_stub._db import Job, Resource, from_micro, new_id, to_micro, utcnow
+from calctra_agent.server_stub._db import Job, Resource, new_id, to_micro, utcnow
 from calctra_agent.server_stub._errors import ApiError, not_found
-from calctra_agent.server_stub._market import Filters, PageRow, page_rows
-from calctra_agent.server_stub._pagination import Pagination
+from calctra_agent.server_stub._market import Filters, PageRow, resource_fields
+from calctra_agent.server_stub._pagination import Page, PageQuery, parse_query, query_parameters
 from calctra_agent.wire import (
     ErrorCode,
     JobStatus,
@@ -30,28 +32,6 @@ logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/resources", tags=["resources"])
 
 _BUSY_STATUSES = (JobStatus.ACCEPTED.value, JobStatus.RUNNING.value)
-
-
-def resource_fields(row: Resource | PageRow) -> dict[str, Any]:
-    """A resource as the fields of the wire's Resource, to validate in one go."""
-    return {
-        "id": row.id,
-        "name": row.name,
-        "description": row.description,
-        "type": row.type,
-        "owner": row.owner_id,
-        "specs": {
-            "cpu_cores": row.cpu_cores,
-            "memory_gb": row.memory_gb,
-            "storage_gb": row.storage_gb,
-            "gpu_model": row.gpu_model,
-            "gpu_memory_gb": row.gpu_memory_gb,
-        },
-        "price_per_hour": from_micro(row.price_per_hour),
-        "availability": row.availability or None,
-        "reputation": round(row.reputation, 2),
-        "active": row.active,
-    }
 
 
 def resource_out(row: Resource | PageRow) -> ResourceOut:
@@ -108,34 +88,52 @@ def check_gpu_fields(body: ResourceRequest) -> None:
         )
 
 
-@router.get("", response_model=ResourcePage)
+class ListingQuery(PageQuery):
+    """The query string of GET /resources: a page and the filters, None for no filter."""
+
+    type: Annotated[ResourceType | None, Field(description="CPU, GPU or Storage")] = None
+    min_cpu: Annotated[int | None, Field(alias="minCpu", ge=0, le=1_000_000)] = None
+    min_memory: Annotated[float | None, Field(alias="minMemory", ge=0, le=1e9)] = None
+    min_storage: Annotated[float | None, Field(alias="minStorage", ge=0, le=1e12)] = None
+    has_gpu: Annotated[bool | None, Field(alias="hasGpu")] = None
+    max_price: Annotated[float | None, Field(alias="maxPrice", ge=0, le=1e12)] = None
+
+    def filters(self) -> Filters:
+        return Filters(
+            type=self.type.value if self.type is not None else None,
+            min_cpu=self.min_cpu,
+            min_memory=self.min_memory,
+            min_storage=self.min_storage,
+            has_gpu=self.has_gpu,
+            max_price=to_micro(self.max_price) if self.max_price is not None else None,
+        )
+
+
+async def listing_query(request: Request) -> ListingQuery:  # a coroutine: see page_params
+    return parse_query(ListingQuery, request)
+
+
+def listing_json(total: int, page: Page, resources: Sequence[bytes]) -> bytes:
+    """The ResourcePage, its resources already JSON: the bytes that model_dump_json(by_alias=
+    True) gives for the validated page."""
+    head = b'{"total":%d,"page":%d,"limit":%d,"resources":[' % (total, page.page, page.limit)
+    return head + b",".join(resources) + b"]}"
+
+
+@router.get(
+    "", response_model=ResourcePage, openapi_extra={"parameters": query_parameters(ListingQuery)}
+)
 async def list_resources(
     context: Context,
     _user_id: MarketReader,
-    page: Pagination,
-    type: Annotated[ResourceType | None, Query(description="CPU, GPU or Storage")] = None,
-    min_cpu: Annotated[int | None, Query(alias="minCpu", ge=0, le=1_000_000)] = None,
-    min_memory: Annotated[float | None, Query(alias="minMemory", ge=0, le=1e9)] = None,
-    min_storage: Annotated[float | None, Query(alias="minStorage", ge=0, le=1e12)] = None,
-    has_gpu: Annotated[bool | None, Query(alias="hasGpu")] = None,
-    max_price: Annotated[float | None, Query(alias="maxPrice", ge=0, le=1e12)] = None,
+    query: Annotated[ListingQuery, Depends(listing_query)],
 ) -> Response:
-    filters = Filters(
-        type=type.value if type is not None else None,
-        min_cpu=min_cpu,
-        min_memory=min_memory,
-        min_storage=min_storage,
-        has_gpu=has_gpu,
-        max_price=to_micro(max_price) if max_price is not None else None,
-    )
+    page = query.applied
     with context.db.read() as connection:
-        total, ids = context.market.search(connection, filters, page.offset, page.limit)
-        resources = [resource_fields(row) for row in page_rows(connection, ids)]
-    listing = ResourcePage.model_validate(
-        {"total": total, "page": page.page, "limit": page.limit, "resources": resources}
-    )
-    # Serialized here, as FastAPI would, without the second validation that it would run first.
-    return Response(listing.model_dump_json(by_alias=True), media_type="application/json")
+        total, resources = context.market.listing(
+            connection, query.filters(), page.offset, page.limit
+        )
+    return Response(listing_json(total, page, resources), media_type="application/json")
 
 
 @router.get("/{resource_id}", response_model=ResourceOut)
