@@ -110,7 +110,8 @@ def _prune(table: str) -> str:
 
 def _changed(columns: Sequence[str]) -> str:
     # SQLite fires UPDATE OF for every named column in the SET clause, changed or not: this
-    # WHEN keeps a heartbeat's update, or a rename's from the first log, out of the log.
+    # WHEN logs a change only, so that an update which sets a column as it was (a heartbeat's
+    # `active`, the price of a rename through the API) stays out of that column's log.
     return " OR ".join(f"OLD.{column} IS NOT NEW.{column}" for column in columns)
 
 

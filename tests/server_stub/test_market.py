@@ -1,13 +1,15 @@
 """The market index answers GET /resources exactly as the SQL query does.
 
 Every check compares the index's total and page ids with `sql_search`, the listing as plain
-SQL, for many random filters and pages, after random changes: through the API, straight into
+SQL, and the JSON it keeps of the resources on the page with the JSON of their rows as read
+now, for many random filters and pages, after random changes: through the API, straight into
 SQLite from another connection (as another process would write), and from a second server
 on the same data dir.
 """
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -17,15 +19,22 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, create_engine, delete, func, insert, select, text, update
 
+from calctra_agent.server_stub import _market
 from calctra_agent.server_stub._db import Database, Resource, User, to_micro
 from calctra_agent.server_stub._market import (
     KEPT_CHANGES,
     Filters,
     MarketChange,
     MarketIndex,
+    ShownChange,
     page_rows,
+    resource_fields,
+    resource_json,
     sql_search,
 )
+from calctra_agent.server_stub._pagination import Page
+from calctra_agent.server_stub.routes.resources import listing_json
+from calctra_agent.wire import ResourcePage
 from tests.conftest import Account, LiveServer, MakeServer, new_account, resource_body
 
 KINDS = ["CPU", "GPU", "Storage"]
@@ -35,6 +44,7 @@ STORAGE_GB = [50.0, 100.0, 500.0, 2000.0]
 # Few prices, so that many resources tie on price and their order falls to the id.
 PRICES = [0.5, 1.0, 2.0, 2.99, 3.0, 10.0]
 OWNER = "usr_marketowner00"
+OTHER_OWNER = "usr_marketowner01"
 
 
 # Random resources, filters and pages
@@ -125,16 +135,34 @@ def resource_ids(engine: Engine) -> list[str]:
         return list(connection.scalars(select(Resource.id).order_by(Resource.id)))
 
 
+def shown_change(rng: random.Random) -> dict[str, Any]:
+    """New values for a column that the listing shows but does not filter on."""
+    return rng.choice(
+        [
+            {"name": f"renamed {rng.randint(0, 99)}"},
+            {"description": rng.choice(["", "now with more memory", "ünïcödé"])},
+            {"reputation": round(rng.uniform(0, 5), 3)},
+            {"availability": {"schedule": {"days": [1, 2], "startHour": 9, "endHour": 17},
+                              "timezone": "UTC"}},
+            {"availability": None},
+            {"gpu_model": "NVIDIA L4", "gpu_memory_gb": 24.0},
+            {"owner_id": OTHER_OWNER},
+        ]
+    )  # fmt: skip
+
+
 def change_randomly(engine: Engine, rng: random.Random, count: int) -> None:
     """`count` random writes: inserts, deletes, listed columns changed, activation flipped,
     ids changed, a has_gpu that is neither 0 nor 1 (SQLAlchemy would refuse it, SQLite takes
-    it), and changes to columns that the listing does not show."""
+    it), changes to columns that the listing shows but does not filter on, and to columns
+    that it does not show."""
     ids = resource_ids(engine)
     with engine.begin() as connection:
         for _ in range(count):
             row_id = rng.choice(ids)
             where = Resource.id == row_id
-            actions = ["insert", "delete", "listed", "listed", "active", "id", "odd", "name"]
+            actions = ["insert", "delete", "listed", "listed", "active", "id", "odd", "shown",
+                       "unshown"]  # fmt: skip
             action = rng.choice(actions)
             if action == "insert":
                 row = random_row(rng)
@@ -158,8 +186,12 @@ def change_randomly(engine: Engine, rng: random.Random, count: int) -> None:
                 new_id = f"res_{rng.getrandbits(48):012x}"
                 connection.execute(update(Resource).where(where).values(id=new_id))
                 ids[ids.index(row_id)] = new_id
+            elif action == "shown":
+                connection.execute(update(Resource).where(where).values(shown_change(rng)))
             else:
-                connection.execute(update(Resource).where(where).values(name="renamed"))
+                connection.execute(
+                    update(Resource).where(where).values(last_heartbeat_at=datetime.now(UTC))
+                )
 
 
 # Comparing the index with SQL, in process
@@ -169,6 +201,7 @@ def change_randomly(engine: Engine, rng: random.Random, count: int) -> None:
 def database(tmp_path: Path) -> Iterator[Database]:
     db = Database(f"sqlite:///{tmp_path / 'calctra.db'}")
     add_owner(db.engine)
+    add_owner(db.engine, OTHER_OWNER)
     yield db
     db.dispose()
 
@@ -190,6 +223,9 @@ def assert_index_agrees(
             filters, (offset, limit) = as_filters(query), bounds(query)
             expected = sql_search(connection, filters, offset, limit)
             assert index.search(connection, filters, offset, limit) == expected, query
+            total, ids = expected
+            shown = [resource_json(row) for row in page_rows(connection, ids)]
+            assert index.listing(connection, filters, offset, limit) == (total, shown), query
 
 
 def test_index_agrees_with_sql_on_a_fresh_market(database: Database) -> None:
@@ -252,9 +288,100 @@ def test_changes_outside_the_listed_columns_are_not_logged(
     assert change_count(other_process) == before
 
 
-def change_count(engine: Engine) -> int:
+def change_count(engine: Engine, log: type[MarketChange | ShownChange] = MarketChange) -> int:
     with engine.connect() as connection:
-        return int(connection.scalar(select(func.count()).select_from(MarketChange)) or 0)
+        return int(connection.scalar(select(func.count()).select_from(log)) or 0)
+
+
+def test_changes_to_shown_columns_are_logged_apart(
+    database: Database, other_process: Engine
+) -> None:
+    rng = random.Random(14)
+    add_rows(other_process, [random_row(rng) for _ in range(5)])
+    before = change_count(other_process)
+    columns = ("name", "description", "reputation", "availability", "gpu_model", "owner_id")
+
+    with other_process.begin() as connection:
+        connection.execute(
+            update(Resource).values(
+                last_heartbeat_at=datetime.now(UTC),
+                utilization={"cpuPercent": 5.0},
+                **{column: getattr(Resource, column) for column in columns},
+            )
+        )
+        assert change_count(other_process, ShownChange) == 0
+        connection.execute(update(Resource).values(name="renamed", reputation=4.5))
+
+    assert change_count(other_process, ShownChange) == 5
+    assert change_count(other_process) == before
+
+
+def test_index_shows_the_changes_of_another_process(
+    database: Database, other_process: Engine
+) -> None:
+    rng = random.Random(15)
+    add_rows(other_process, [random_row(rng) for _ in range(60)])
+    index = MarketIndex()
+    assert_index_agrees(database, index, rng, rounds=40)
+
+    for _ in range(10):
+        with other_process.begin() as connection:
+            for row_id in rng.sample(resource_ids(other_process), 8):
+                where = Resource.id == row_id
+                connection.execute(update(Resource).where(where).values(shown_change(rng)))
+        assert_index_agrees(database, index, rng, rounds=40)
+
+
+def test_index_forgets_what_it_shows_when_shown_changes_it_missed_were_pruned(
+    database: Database, other_process: Engine
+) -> None:
+    rng = random.Random(16)
+    add_rows(other_process, [random_row(rng) for _ in range(30)])
+    index = MarketIndex()
+    with database.read() as connection:
+        everything = index.listing(connection, Filters(), 0, 100)
+    renamed = everything[1][0]
+
+    with other_process.begin() as connection:
+        connection.execute(update(Resource).values(description="changed"))
+        # As the triggers' pruning would, had many more changes come in meanwhile.
+        newest = connection.scalar(select(func.max(ShownChange.seq)))
+        connection.execute(delete(ShownChange).where(ShownChange.seq < newest))
+
+    with database.read() as connection:
+        total, shown = index.listing(connection, Filters(), 0, 100)
+    assert renamed not in shown
+    assert all(json.loads(resource)["description"] == "changed" for resource in shown)
+    assert_index_agrees(database, index, rng, rounds=40)
+
+
+def test_index_renders_anew_once_it_keeps_too_much(
+    database: Database, other_process: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_market, "_KEPT_JSON", 5)
+    rng = random.Random(19)
+    add_rows(other_process, [random_row(rng) for _ in range(80)])
+    index = MarketIndex()
+
+    for _ in range(5):
+        assert_index_agrees(database, index, rng, rounds=20)
+        change_randomly(other_process, rng, count=5)
+
+
+def test_shown_change_log_keeps_only_the_newest_changes(
+    database: Database, other_process: Engine
+) -> None:
+    rng = random.Random(17)
+    add_rows(other_process, [random_row(rng) for _ in range(20)])
+    index = MarketIndex()
+    assert_index_agrees(database, index, rng, rounds=10)
+
+    with other_process.begin() as connection:
+        for number in range(KEPT_CHANGES // 20 + 5):
+            connection.execute(update(Resource).values(name=f"renamed {number}"))
+
+    assert change_count(other_process, ShownChange) == KEPT_CHANGES
+    assert_index_agrees(database, index, rng, rounds=40)
 
 
 def test_index_reloads_when_changes_it_missed_were_pruned(
@@ -292,10 +419,12 @@ def test_a_database_from_before_the_index_gets_its_change_log(tmp_path: Path) ->
     Database(url).dispose()
     engine = create_engine(url)
     with engine.begin() as connection:
-        for name in ("inserted", "deleted", "updated"):
+        for name in ("inserted", "deleted", "updated", "shown_updated"):
             connection.execute(text(f"DROP TRIGGER market_resource_{name}"))
         connection.execute(text("DROP TABLE market_changes"))
+        connection.execute(text("DROP TABLE market_shown_changes"))
     add_owner(engine)
+    add_owner(engine, OTHER_OWNER)
     rng = random.Random(7)
     add_rows(engine, [random_row(rng) for _ in range(50)])
 
@@ -305,6 +434,7 @@ def test_a_database_from_before_the_index_gets_its_change_log(tmp_path: Path) ->
         assert_index_agrees(database, index, rng, rounds=5)
         change_randomly(engine, rng, count=20)
         assert change_count(engine) > 0
+        assert change_count(engine, ShownChange) > 0
         assert_index_agrees(database, index, rng, rounds=40)
     finally:
         database.dispose()
@@ -342,6 +472,26 @@ def test_page_rows_come_in_the_order_asked_and_skip_unknown_ids(database: Databa
     assert found[0].active is rows[4]["active"]
 
 
+def test_listing_json_is_what_the_wire_model_gives(database: Database) -> None:
+    rng = random.Random(18)
+    rows = [random_row(rng) for _ in range(4)]
+    rows[0].update(name='naïve — "quoted" \\ </script>', description="\u2028 ünïcödé")
+    rows[1].update(availability={"schedule": {"days": [1, 7], "startHour": 22, "endHour": 6},
+                                 "timezone": "Europe/Paris"}, reputation=4.256)  # fmt: skip
+    add_rows(database.engine, rows)
+    page = Page(page=3, limit=7)
+
+    with database.read() as connection:
+        found = page_rows(connection, [row["id"] for row in rows])
+    listed = listing_json(42, page, [resource_json(row) for row in found])
+
+    expected = ResourcePage.model_validate(
+        {"total": 42, "page": 3, "limit": 7, "resources": [resource_fields(row) for row in found]}
+    )
+    assert listed == expected.model_dump_json(by_alias=True).encode()
+    assert listing_json(0, page, []) == b'{"total":0,"page":3,"limit":7,"resources":[]}'
+
+
 # Through the API
 
 
@@ -354,23 +504,25 @@ def market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     live.stop()
 
 
-def api_search(acct: Account, query: dict[str, Any]) -> tuple[int, list[str]]:
+def api_search(acct: Account, query: dict[str, Any]) -> tuple[int, list[dict[str, Any]]]:
     response = acct.http.get("/resources", params=query)
     assert response.status_code == 200, response.text
     body = response.json()
-    return body["total"], [resource["id"] for resource in body["resources"]]
+    return body["total"], body["resources"]
 
 
 def assert_api_agrees(
     live: LiveServer, acct: Account, rng: random.Random, rounds: int = 40
 ) -> None:
+    """The listing's total and resources, each shown in full, are those that SQL finds."""
     engine = create_engine(f"sqlite:///{live.data_dir / 'calctra.db'}")
     try:
         with engine.connect() as connection:
             for _ in range(rounds):
                 query = random_query(rng)
-                expected = sql_search(connection, as_filters(query), *bounds(query))
-                assert api_search(acct, query) == expected, query
+                total, ids = sql_search(connection, as_filters(query), *bounds(query))
+                shown = [json.loads(resource_json(row)) for row in page_rows(connection, ids)]
+                assert api_search(acct, query) == (total, shown), query
     finally:
         engine.dispose()
 
@@ -419,6 +571,7 @@ def test_listing_agrees_with_sql_after_direct_writes_to_sqlite(market: LiveServe
     owner = new_account(market, "Owner Oli")
     engine = create_engine(f"sqlite:///{market.data_dir / 'calctra.db'}")
     try:
+        add_owner(engine, OTHER_OWNER)
         for _ in range(10):
             register(owner, rng)
         add_rows(engine, [random_row(rng, owner.user_id) for _ in range(150)])

@@ -255,6 +255,7 @@ class LogFollower:
         with self._stream_lock:
             if self._stopped.is_set():
                 stream.close()
+                stream.release()
                 return None
             self._stream = stream
         return stream

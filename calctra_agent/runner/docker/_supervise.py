@@ -27,6 +27,7 @@ from calctra_agent.runner._interface import (
     JobSpec,
     Outcome,
 )
+from calctra_agent.runner.docker import _logstream as logstream
 from calctra_agent.runner.docker import _workdir as workdir
 from calctra_agent.runner.docker._container import (
     LABEL_DEADLINE,
@@ -35,7 +36,7 @@ from calctra_agent.runner.docker._container import (
     job_user,
     labels,
 )
-from calctra_agent.runner.docker._engine import engine_errors
+from calctra_agent.runner.docker._engine import engine_errors, engine_host
 from calctra_agent.runner.docker._images import ImageStore
 from calctra_agent.runner.docker._logs import LogFollower, LogStream
 from calctra_agent.runner.docker._output import MIB, output_size, pack
@@ -271,9 +272,12 @@ class Supervisor:
         return follower
 
     def _log_stream(self, container: Container) -> LogStream:
+        host = engine_host(self.settings.containers.docker_host)
+        if logstream.supports(host):
+            return logstream.EngineLogStream(host, container.id)
         with engine_errors(f"read the log of job {self.job_id}"):
             stream = container.logs(stream=True, follow=True, stdout=True, stderr=True)
-        return _EngineLogStream(stream)
+        return _SdkLogStream(stream)
 
     def _log_tail(self, container: Container, lines: int) -> bytes:
         with engine_errors(f"read the log of job {self.job_id}"):
@@ -476,7 +480,7 @@ def _finished_after(state: dict[str, Any], deadline: float) -> bool:
     return moment > deadline
 
 
-class _EngineLogStream:
+class _SdkLogStream:
     """The engine's log stream. Closing docker's stream shuts its socket down but leaves the
     HTTP response holding the socket's file until garbage collection: `release` closes it."""
 
