@@ -1,14 +1,16 @@
 """An idle agent's footprint: memory, CPU and heartbeats over a quiet window.
 
-Starts a reference server (heartbeat interval 10 s) and the real agent daemon (with the tests'
-ProcessRunner, heartbeat_interval_s 10) in a temp dir, lets it settle for a warm-up, then
+Starts a reference server (heartbeat interval 10 s) and the real agent daemon
+(heartbeat_interval_s 10) in a temp dir: `calctra-agent run` itself, with the Docker runner,
+or with `--process-runner` the same daemon with the tests' ProcessRunner and without the
+command line. It lets the agent settle for a warm-up, then
 watches the agent process for `--duration` seconds with no job in sight: its RSS every second,
 its CPU time at both ends of the window (the kernel's per-thread run time, in nanoseconds,
 from /proc/PID/task/*/schedstat; psutil's clock-tick figure beside it), and the heartbeats and
 long polls the server's access log recorded in the window. With `--after-job` the agent first
 runs one job and claims its payment, as a machine that has worked since its start would have.
 
-    .venv/bin/python bench/idle.py [--duration 60] [--warmup 5] [--after-job]
+    .venv/bin/python bench/idle.py [--duration 60] [--warmup 5] [--after-job] [--process-runner]
 
 Prints figures; it is not a test and asserts nothing. For comparison, a BOINC client idles at
 about 16 MB and 0.1% CPU.
@@ -134,14 +136,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--after-job", action="store_true", help="run and claim one job before the window"
     )
+    parser.add_argument(
+        "--process-runner", action="store_true", help="the tests' runner, not Docker's"
+    )
+    parser.add_argument("--image", default="calctra-local/python3:bookworm", help="job image")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    settings = {"heartbeat_interval_s": 10}
+    settings: dict[str, object] = {"heartbeat_interval_s": 10}
+    if not args.process_runner:
+        settings["images"] = {"default_image": args.image, "min_free_gb": 0}
     print(f"machine: {os.cpu_count()} cpus, load average {os.getloadavg()[0]:.2f}", flush=True)
-    with stack(["--heartbeat-interval", "10"], settings) as live:
+    docker = not args.process_runner
+    with stack(["--heartbeat-interval", "10"], settings, docker=docker) as live:
         if args.after_job:
             run_first_job(live)
         time.sleep(args.warmup)

@@ -106,9 +106,11 @@ WalletAddress = Annotated[
 
 
 class WireModel(BaseModel):
-    """Base of every wire model: camelCase on the wire, snake_case in Python."""
+    """Base of every wire model: camelCase on the wire, snake_case in Python. A model's
+    validator is built when first used: the agent uses a few of these models, and building
+    them all would cost its idle process some MB."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, defer_build=True)
 
 
 class RequestModel(WireModel):

@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from calctra_agent.cli._app import app, console, errors, fail, user_errors
 from calctra_agent.cli._options import ConfigOption, JsonOption, load, print_json
@@ -184,6 +183,8 @@ def _print_status(info: dict[str, Any]) -> None:
     if not info["runningJobs"]:
         console.print("running jobs   none")
         return
+    from rich.table import Table
+
     table = Table("job", "status", "progress")
     for job in info["runningJobs"]:
         table.add_row(job["jobId"], job["status"], f"{job['progress']}%")
@@ -226,6 +227,8 @@ def jobs(config: ConfigOption = None, json_output: JsonOption = False) -> None:
     if json_output:
         print_json(rows)
         return
+    from rich.table import Table
+
     table = Table("job", "status", "progress", "accepted", "payment")
     for row in rows:
         payment = "" if row["payment"] is None else f"{row['payment']:g}"
@@ -253,6 +256,8 @@ def tokens_list(
     if json_output:
         print_json([t.model_dump(by_alias=True, mode="json") for t in tokens])
         return
+    from rich.table import Table
+
     table = Table("token", "resource", "name", "created", "last used", "revoked")
     for t in tokens:
         last = t.last_used_at.isoformat(timespec="seconds") if t.last_used_at else "never"

@@ -6,10 +6,9 @@ import functools
 import sys
 from collections.abc import Callable
 from enum import StrEnum
-from typing import Annotated, ParamSpec, TypeVar
+from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
-from rich.console import Console
 
 from calctra_agent import __version__
 from calctra_agent.errors import CalctraError, ConfigError
@@ -24,8 +23,29 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(soft_wrap=True)
-errors = Console(stderr=True, soft_wrap=True)
+
+
+class LazyConsole:
+    """A rich Console, made on first use: `calctra-agent run` only logs, and rich is a few MB
+    of an idle daemon's memory."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console: Any = None
+
+    def get(self) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.get(), name)
+
+
+console = LazyConsole(soft_wrap=True)
+errors = LazyConsole(stderr=True, soft_wrap=True)
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tarfile
 import tempfile
 import threading
 import time
@@ -24,7 +23,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn
 
 from calctra_agent.cli._app import app, console, fail, user_errors
 from calctra_agent.cli._options import ConfigOption, load
@@ -326,6 +324,8 @@ def _upload_sample_dataset(customer: Any) -> str:
 
 def _follow(customer: Any, job_id: str, deadline: float) -> Any:
     """Show the job's progress until it ends; returns its last state."""
+    from rich.progress import BarColumn, Progress, TextColumn
+
     from calctra_agent import wire
 
     ended = {wire.JobStatus.COMPLETED, wire.JobStatus.FAILED, wire.JobStatus.CANCELLED}
@@ -334,7 +334,7 @@ def _follow(customer: Any, job_id: str, deadline: float) -> Any:
         BarColumn(),
         TextColumn("{task.percentage:>3.0f}%"),
     )
-    with Progress(*columns, console=console, transient=False) as bar:
+    with Progress(*columns, console=console.get(), transient=False) as bar:
         task = bar.add_task("CREATED", total=100)
         while True:
             job = customer.get_job(job_id)
@@ -347,6 +347,8 @@ def _follow(customer: Any, job_id: str, deadline: float) -> Any:
 
 
 def _show_result(customer: Any, job_id: str) -> None:
+    import tarfile
+
     with tempfile.TemporaryDirectory() as scratch:
         archive = Path(scratch) / "results.tar.gz"
         sha256 = customer.download_results(job_id, archive)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
 from typing import Annotated, Any
 
 import typer
@@ -91,6 +90,8 @@ def pricing_suggest(config: ConfigOption = None, json_output: JsonOption = False
         session.state.close()
     if not prices:
         raise fail("no comparable resources on the market yet; nothing to compare with")
+    import statistics
+
     median = statistics.median(prices)
     if json_output:
         print_json({"suggestedPricePerHour": median, "compared": len(prices)})

@@ -19,7 +19,7 @@ from calctra_agent.daemon._messages import TOKEN_REFUSED
 from calctra_agent.daemon._resource import sync_resource
 from calctra_agent.daemon._state import Credentials, State
 from calctra_agent.errors import ApiUnavailable, AuthenticationRequired, ServerError, StateError
-from calctra_agent.probe import Capacity, probe_machine, sample_utilization
+from calctra_agent.probe import Capacity, forget_nvml, probe_machine, sample_utilization
 from calctra_agent.runner import Runner
 from calctra_agent.wallet import ClaimSigner
 
@@ -96,6 +96,9 @@ def build_agent(settings: AgentSettings, session: Session, runner: Runner) -> Ag
     reservation = settings.reserve.to_reservation()
     probe = probe_machine(settings.work_dir)
     capacity: Capacity = probe.capacity(reservation)
+    offers_gpus = bool(capacity.gpus)
+    if not offers_gpus:
+        forget_nvml()  # heartbeats will not ask NVML: there is no GPU to report on
     price = effective_price(settings, session.state)
     request = resource_request(
         settings.model_copy(update={"price_per_hour": price}), capacity.to_specs()
@@ -120,7 +123,7 @@ def build_agent(settings: AgentSettings, session: Session, runner: Runner) -> Ag
         session.client,
         runner,
         sign_claim=sign_claim,
-        sample_utilization=lambda: sample_utilization(reservation),
+        sample_utilization=lambda: sample_utilization(reservation, with_gpus=offers_gpus),
         stop_requests=session.stop_requests,
     )
 

@@ -7,7 +7,7 @@ from calctra_agent.probe._engine import (
     detect_gpu_runtime,
     probe_engine,
 )
-from calctra_agent.probe._gpu import Gpu, GpuInventory, cuda_version, probe_gpus
+from calctra_agent.probe._gpu import Gpu, GpuInventory, cuda_version, forget_nvml, probe_gpus
 from calctra_agent.probe._machine import (
     Capacity,
     MachineProbe,
@@ -34,6 +34,7 @@ __all__ = [
     "StorageInfo",
     "cuda_version",
     "detect_gpu_runtime",
+    "forget_nvml",
     "gpu_model",
     "probe_as_json",
     "probe_cpu",

@@ -7,6 +7,7 @@ NVML's exceptions never leave this module.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from types import ModuleType
@@ -131,3 +132,9 @@ def _text(value: Any) -> str:
 def cuda_version(encoded: int) -> str:
     """NVML's CUDA version as text: 12040 is "12.4"."""
     return f"{encoded // 1000}.{encoded % 1000 // 10}"
+
+
+def forget_nvml() -> None:
+    """Unload the NVML bindings, for a process that will not ask NVML again: on a machine
+    without GPUs they are over 1 MB of an idle daemon's memory for nothing."""
+    sys.modules.pop("pynvml", None)

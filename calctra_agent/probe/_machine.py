@@ -138,11 +138,14 @@ def probe_machine(
     )
 
 
-def sample_utilization(reservation: Reservation | None = None) -> Utilization:
+def sample_utilization(
+    reservation: Reservation | None = None, *, with_gpus: bool = True
+) -> Utilization:
     """The live load for a heartbeat: CPU percent since the previous sample (no waiting),
-    memory in use, and each offered GPU's load (None for what NVML cannot read)."""
+    memory in use, and each offered GPU's load (None for what NVML cannot read); with
+    `with_gpus=False`, for a machine that offers none, NVML is not asked."""
     reservation = reservation or Reservation()
-    gpus = probe_gpus(log_missing=False).gpus
+    gpus = probe_gpus(log_missing=False).gpus if with_gpus else ()
     return Utilization(
         cpu_percent=min(float(psutil.cpu_percent(interval=None)), 100.0),
         memory_used_gb=round(to_gb(probe_memory().used_bytes), 2),
