@@ -52,9 +52,12 @@ def verify(secret: str, header: str, body: bytes, tolerance_s: int = 300) -> boo
     return hmac.compare_digest(expected, parts.get("v1", ""))
 
 
-def check_target(url: str, allow_private: bool) -> None:
+def check_target(url: str, allow_private: bool) -> str | None:
     """Refuse URLs that are not http(s) or whose host resolves to a loopback, private,
-    link-local or otherwise non-public address (server-side request forgery)."""
+    link-local or otherwise non-public address (server-side request forgery). Returns the
+    address the check vetted, for the delivery to connect to that one and no other (a host
+    whose name resolves anew to a private address in between gains nothing); None when
+    private targets are allowed, and the URL is used as it is."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UnsafeTarget("must be an http:// or https:// URL with a host")
@@ -65,13 +68,39 @@ def check_target(url: str, allow_private: bool) -> None:
     except ValueError:
         raise UnsafeTarget("has an invalid port") from None
     if allow_private:
-        return
-    for address in _resolve(parts.hostname, port):
+        return None
+    addresses = _resolve(parts.hostname, port)
+    for address in addresses:
         if not _is_public(address):
             raise UnsafeTarget(
                 f"resolves to {address}, a loopback, private or link-local address; "
                 "webhooks must reach a public host"
             )
+    return str(addresses[0])
+
+
+@dataclass(frozen=True)
+class PinnedRequest:
+    """A delivery's URL with its host replaced by the vetted address; the Host header and,
+    for https, the TLS server name (and so the certificate's check) stay the host's."""
+
+    url: str
+    headers: dict[str, str]
+    extensions: dict[str, str]
+
+
+def pin(url: str, address: str | None) -> PinnedRequest:
+    if address is None:
+        return PinnedRequest(url, {}, {})
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    literal = f"[{address}]" if ":" in address else address
+    netloc = f"{literal}:{parts.port}" if parts.port else literal
+    host_header = f"[{host}]" if ":" in host else host
+    if parts.port:
+        host_header = f"{host_header}:{parts.port}"
+    extensions = {"sni_hostname": host} if parts.scheme == "https" else {}
+    return PinnedRequest(parts._replace(netloc=netloc).geturl(), {"host": host_header}, extensions)
 
 
 def _is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
@@ -181,16 +210,21 @@ class OutboxWorker:
         """POST one delivery; returns None on a 2xx answer, else what went wrong."""
         body = payload.encode()
         try:
-            # Checked again at each delivery: the host's addresses may have changed.
-            await asyncio.to_thread(check_target, url, self.settings.allow_private_webhooks)
+            # Checked again at each delivery, and the request goes to the address checked.
+            address = await asyncio.to_thread(
+                check_target, url, self.settings.allow_private_webhooks
+            )
+            target = pin(url, address)
             response = await self._client.post(
-                url,
+                target.url,
                 content=body,
                 headers={
+                    **target.headers,
                     "content-type": "application/json",
                     "x-calctra-event": event,
                     "x-calctra-signature": sign(secret, int(time.time()), body),
                 },
+                extensions=target.extensions,
             )
         except (httpx.HTTPError, UnsafeTarget) as exc:
             return f"{type(exc).__name__}: {exc}"
