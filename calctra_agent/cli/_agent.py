@@ -47,18 +47,24 @@ def login(
     password_stdin: PasswordStdinOption = False,
 ) -> None:
     """Register this machine with your account and give the daemon its own token."""
-    from calctra_agent.daemon import State
-
     settings = load(config)
     with _owner_client(settings, email, password_stdin) as client:
-        state = State(settings.state_dir)
-        try:
-            resource_id = _ensure_resource(settings, state, client)
-            _ensure_wallet(settings, client)
-            _issue_agent_token(state, client, resource_id)
-        finally:
-            state.close()
+        enrol_machine(settings, client)
     console.print("logged in; start the agent with `calctra-agent run`")
+
+
+def enrol_machine(settings: Any, client: Any) -> None:
+    """With the owner's logged-in `client`: register the machine unless it is, see to its
+    wallet, and give the daemon its agent token."""
+    from calctra_agent.daemon import State
+
+    state = State(settings.state_dir)
+    try:
+        resource_id = _ensure_resource(settings, state, client)
+        _ensure_wallet(settings, client)
+        _issue_agent_token(state, client, resource_id)
+    finally:
+        state.close()
 
 
 def _ensure_resource(settings: Any, state: Any, client: Any) -> str:

@@ -233,17 +233,11 @@ def _agent_settings(api_url: str, state_dir: Path, image: str) -> Any:
 def _running_agent(settings: Any, owner: Any, log_path: Path) -> Iterator[None]:
     """Enrol this machine with the provider's account, as `calctra-agent login` does, and
     run the daemon in a thread; its log goes to `log_path`."""
-    from calctra_agent.cli._agent import _ensure_resource, _ensure_wallet, _issue_agent_token
-    from calctra_agent.daemon import State, build_agent, open_session
+    from calctra_agent.cli._agent import enrol_machine
+    from calctra_agent.daemon import build_agent, open_session
     from calctra_agent.runner import default_runner
 
-    state = State(settings.state_dir)
-    try:
-        resource_id = _ensure_resource(settings, state, owner)
-        _ensure_wallet(settings, owner)
-        _issue_agent_token(state, owner, resource_id)
-    finally:
-        state.close()
+    enrol_machine(settings, owner)
     handler = _log_to(log_path)
     session = open_session(settings)
     agent = None

@@ -6,6 +6,7 @@ from calctra_agent.probe._engine import (
     GpuRuntime,
     detect_gpu_runtime,
     probe_engine,
+    unix_socket_error,
 )
 from calctra_agent.probe._gpu import Gpu, GpuInventory, cuda_version, forget_nvml, probe_gpus
 from calctra_agent.probe._machine import (
@@ -46,4 +47,5 @@ __all__ = [
     "render_probe_table",
     "sample_utilization",
     "to_gb",
+    "unix_socket_error",
 ]

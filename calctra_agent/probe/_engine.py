@@ -69,7 +69,7 @@ def probe_engine(*, timeout_s: float = 2.0) -> EngineInfo:
     """Asks the engine named by DOCKER_HOST (or the default socket) for its version and
     runtimes: two round trips when it is reachable."""
     host = os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
-    refused = _unix_socket_error(host, timeout_s)
+    refused = unix_socket_error(host, timeout_s)
     if refused is not None:
         return _unreachable(host, refused)
     # Imported here, once an engine may answer: the Docker SDK costs about 200 ms and 6 MB of
@@ -95,7 +95,7 @@ def probe_engine(*, timeout_s: float = 2.0) -> EngineInfo:
     )
 
 
-def _unix_socket_error(host: str, timeout_s: float) -> OSError | None:
+def unix_socket_error(host: str, timeout_s: float) -> OSError | None:
     """Connects to a unix socket host first: the SDK leaks the socket of a failed connect,
     and an unreachable engine is the common case on a machine without Docker."""
     if not host.startswith("unix://"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -11,7 +10,7 @@ import docker
 import requests
 
 from calctra_agent.errors import RunnerError
-from calctra_agent.probe import GpuRuntime, detect_gpu_runtime
+from calctra_agent.probe import GpuRuntime, detect_gpu_runtime, unix_socket_error
 
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 ENGINE_TIMEOUT_S = 30.0
@@ -27,7 +26,8 @@ def connect(docker_host: str | None, max_pool_size: int) -> docker.DockerClient:
     """A client of the engine at `docker_host` (None: DOCKER_HOST, else the local socket),
     checked with a ping; raises RunnerError when the engine does not answer."""
     host = engine_host(docker_host)
-    refused = _unix_socket_error(host)
+    # Connected to first: the SDK leaks the socket of a failed connect to a unix socket.
+    refused = unix_socket_error(host, ENGINE_TIMEOUT_S)
     if refused is not None:
         raise _unreachable(host, refused)
     try:
@@ -42,19 +42,6 @@ def connect(docker_host: str | None, max_pool_size: int) -> docker.DockerClient:
         client.close()
         raise _unreachable(host, exc) from exc
     return client
-
-
-def _unix_socket_error(host: str) -> OSError | None:
-    """Connects to a unix socket first: the SDK leaks the socket of a failed connect."""
-    if not host.startswith("unix://"):
-        return None
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(ENGINE_TIMEOUT_S)
-        try:
-            sock.connect(host.removeprefix("unix://"))
-        except OSError as exc:
-            return exc
-    return None
 
 
 def gpu_runtime(client: docker.DockerClient) -> GpuRuntime:
