@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -104,9 +105,12 @@ def demo(
         with _reference_server(root / "server") as api_url:
             console.print(f"reference server: {api_url} (data in {root / 'server'})")
             accounts = _make_accounts(api_url)
-            agent_settings = _agent_settings(api_url, root / "agent", image)
-            with _running_agent(agent_settings, accounts["provider"], root / "agent.log"):
-                _run_sample_job(accounts, deadline)
+            try:
+                agent_settings = _agent_settings(api_url, root / "agent", image)
+                with _running_agent(agent_settings, accounts.provider, root / "agent.log"):
+                    _run_sample_job(accounts, deadline)
+            finally:
+                accounts.close()
     except KeyboardInterrupt:
         raise fail("interrupted", 130) from None
     finally:
@@ -191,22 +195,34 @@ def _free_port() -> int:
 # the accounts
 
 
-def _make_accounts(api_url: str) -> dict[str, Any]:
-    """A provider and a funded customer, each with a logged-in client."""
+@dataclass(frozen=True)
+class Accounts:
+    """The demo's two accounts, each as a logged-in client."""
+
+    provider: Any
+    customer: Any
+
+    def close(self) -> None:
+        self.provider.close()
+        self.customer.close()
+
+
+def _make_accounts(api_url: str) -> Accounts:
+    """A provider and a funded customer."""
     from calctra_agent.api_client import CalctraClient
 
-    clients: dict[str, Any] = {}
+    clients = []
     for role, email in (("provider", PROVIDER), ("customer", CUSTOMER)):
         password = secrets.token_urlsafe(16)
         client = CalctraClient(api_url)
         client.register(email, password, f"Demo {role}")
         client.token = client.login(email, password).token
-        clients[role] = client
-        clients[f"{role}_password"] = password
+        clients.append(client)
         console.print(f"{role} account: {email}")
-    clients["customer"].deposit(CUSTOMER_FUNDS)
+    accounts = Accounts(*clients)
+    accounts.customer.deposit(CUSTOMER_FUNDS)
     console.print(f"customer funded with {CUSTOMER_FUNDS:g} tokens (the server's dev faucet)")
-    return clients
+    return accounts
 
 
 # the agent
@@ -275,10 +291,10 @@ def _log_to(path: Path) -> logging.Handler:
 # the job
 
 
-def _run_sample_job(accounts: dict[str, Any], deadline: float) -> None:
+def _run_sample_job(accounts: Accounts, deadline: float) -> None:
     from calctra_agent import wire
 
-    customer = accounts["customer"]
+    customer = accounts.customer
     dataset = _upload_sample_dataset(customer)
     request = wire.JobRequest.model_validate(
         {
@@ -355,11 +371,11 @@ def _show_result(customer: Any, job_id: str) -> None:
                 console.print(path.read_text(errors="replace"), markup=False)
 
 
-def _show_payment(accounts: dict[str, Any], job_id: str, deadline: float) -> None:
+def _show_payment(accounts: Accounts, job_id: str, deadline: float) -> None:
     """Wait for the agent's claim, then show the payment and both balances."""
     from calctra_agent import wire
 
-    provider, customer = accounts["provider"], accounts["customer"]
+    provider, customer = accounts.provider, accounts.customer
     payment = None
     while payment is None:
         for tx in provider.list_transactions(type=wire.TransactionType.PAYMENT).transactions:

@@ -15,7 +15,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from calctra_agent import __version__
-from calctra_agent.daemon._decide import Accept, Terms, decide
+from calctra_agent.daemon._decide import Accept, Decision, Terms, decide
 from calctra_agent.daemon._messages import TOKEN_REFUSED
 from calctra_agent.daemon._notify import notify
 from calctra_agent.daemon._reports import ReportSender
@@ -86,7 +86,15 @@ class Agent:
         self.client = client
         self.runner = runner
         self.sample_utilization = sample_utilization
-        self.reports = ReportSender(state, client, sign_claim, self._cancel_local)
+        self.reports = ReportSender(
+            state,
+            client,
+            sign_claim,
+            on_cancelled=self._cancel_local,
+            on_failed=lambda job_id, message: self.finished(
+                job_id, Failed(FailureReason.ERROR, message)
+            ),
+        )
         self._stopping = threading.Event()
         self._offers_closed = threading.Event()
         self._aborting = threading.Event()
@@ -211,20 +219,19 @@ class Agent:
         if self._stopping.is_set():
             self._decline(offer, DeclineReason.SHUTTING_DOWN, "the agent is shutting down")
             return
-        with self._grants_lock:
-            decision = decide(
-                offer,
-                self.config.capacity,
-                list(self._grants.values()),
-                self._terms(),
-                datetime.now(UTC),
-            )
-            if isinstance(decision, Accept):
-                self._grants[offer.job_id] = decision.grant
+        decision = self._reserve(offer, self._terms(), datetime.now(UTC))
         if not isinstance(decision, Accept):
             self._decline(offer, decision.reason, decision.message)
             return
         self._accept(offer, decision.grant)
+
+    def _reserve(self, offer: Offer, terms: Terms, now: datetime) -> Decision:
+        """Decide on the offer; an accepted one holds its grant from then on."""
+        with self._grants_lock:
+            decision = decide(offer, self.config.capacity, list(self._grants.values()), terms, now)
+            if isinstance(decision, Accept):
+                self._grants[offer.job_id] = decision.grant
+        return decision
 
     def _terms(self) -> Terms:
         """The configured terms, at the price that `pricing set` gave since the start."""
@@ -482,35 +489,26 @@ class Agent:
 
     def _adopt(self, job: AcceptedJob) -> None:
         """A job the platform assigns but the agent never recorded: it was accepted, and the
-        agent stopped before it wrote the job down."""
+        agent stopped before it wrote the job down. Started now if it had not started; its
+        availability window was open when it was accepted."""
         if job.status != JobStatus.ACCEPTED:
             logger.warning("job started by an earlier run has no record job_id=%s", job.job_id)
-            grant = Grant(0, 0.0, 0.0)
-            self.state.add_job(job.job_id, _spec_to_dict(self._job_spec(job, grant)))
-            self.finished(
-                job.job_id,
-                Failed(FailureReason.ERROR, "the agent lost its record of the job and its run"),
-            )
+            self._fail_unrecorded(job, "the agent lost its record of the job and its run")
             return
         offer = Offer.model_validate({**job.model_dump(), "created_at": job.accepted_at})
-        with self._grants_lock:
-            decision = decide(
-                offer,
-                self.config.capacity,
-                list(self._grants.values()),
-                dataclasses.replace(self._terms(), availability=None),
-                job.accepted_at,
-            )
-            if isinstance(decision, Accept):
-                self._grants[job.job_id] = decision.grant
+        terms = dataclasses.replace(self._terms(), availability=None)
+        decision = self._reserve(offer, terms, job.accepted_at)
         if not isinstance(decision, Accept):
-            self.state.add_job(job.job_id, _spec_to_dict(self._job_spec(job, Grant(0, 0.0, 0.0))))
-            self.finished(job.job_id, Failed(FailureReason.ERROR, decision.message))
+            self._fail_unrecorded(job, decision.message)
             return
         spec = self._job_spec(job, decision.grant)
         self.state.add_job(job.job_id, _spec_to_dict(spec))
         logger.info("job accepted before a restart, starting it job_id=%s", job.job_id)
         self._start(spec)
+
+    def _fail_unrecorded(self, job: AcceptedJob, message: str) -> None:
+        self.state.add_job(job.job_id, _spec_to_dict(self._job_spec(job, Grant(0, 0.0, 0.0))))
+        self.finished(job.job_id, Failed(FailureReason.ERROR, message))
 
 
 def _dump(model: Any) -> dict[str, Any]:

@@ -18,13 +18,7 @@ from calctra_agent.errors import (
     ServerError,
     WalletError,
 )
-from calctra_agent.wire import (
-    ClaimRequest,
-    Failure,
-    FailureReason,
-    ReportableStatus,
-    StatusReport,
-)
+from calctra_agent.wire import ClaimRequest, StatusReport
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +40,14 @@ class ReportSender:
         client: Any,
         sign_claim: Callable[[str], ClaimRequest],
         on_cancelled: Callable[[str], None],
+        on_failed: Callable[[str, str], None],
     ) -> None:
         self.state = state
         self.client = client
         self.sign_claim = sign_claim
         self.on_cancelled = on_cancelled
+        self.on_failed = on_failed
+        """Reports a job FAILED after all, with the message (its results were refused)."""
 
     def flush(self) -> int:
         """Send what is due; returns how many items the server acknowledged."""
@@ -149,15 +146,7 @@ class ReportSender:
         logger.error("results refused job_id=%s error=%s", item.job_id, exc)
         Path(item.payload["path"]).unlink(missing_ok=True)
         self.state.drop_job_reports(item.job_id)
-        failure = Failure(reason=FailureReason.ERROR)
-        report = StatusReport(status=ReportableStatus.FAILED, message=str(exc), failure=failure)
-        self.state.enqueue(
-            item.job_id,
-            "status",
-            report.model_dump(by_alias=True, exclude_none=True, mode="json"),
-            status="FAILED",
-            failure=failure.model_dump(by_alias=True, exclude_none=True, mode="json"),
-        )
+        self.on_failed(item.job_id, str(exc))
 
     def _conflict(self, item: OutboxItem, exc: Conflict) -> None:
         actual = exc.details.get("status")

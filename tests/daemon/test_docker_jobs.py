@@ -14,12 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Account
+from tests.conftest import Account, MakeServer
 from tests.daemon.conftest import (
     Machine,
     Market,
+    OpenMarket,
     declines,
     outbox,
+    own_server,
     paid,
     transactions,
     wait_for,
@@ -272,3 +274,26 @@ def test_container_whose_job_was_cancelled_while_the_agent_was_down_is_removed(
     assert f"dropping it job_id={job_id}" in machine.log()
     assert not machine.containers()
     assert outbox(machine, job_id) == 0
+
+
+def test_results_the_platform_refuses_fail_the_job_unpaid(
+    make_server: MakeServer, open_market: OpenMarket
+) -> None:
+    market = open_market(own_server(make_server, "--max-upload-mb", "1"))
+    customer = market.account("Customer Carol", deposit=1000)
+    machine = docker_machine(market)
+    machine.start()
+    # 3 MB of random bytes: the archive stays over the server's 1 MB upload limit.
+    code = (
+        "import os, pathlib\n"
+        "out = pathlib.Path(os.environ['CALCTRA_OUTPUT_DIR'])\n"
+        "(out / 'noise.bin').write_bytes(os.urandom(3 * 2**20))\n"
+    )
+    job_id = market.job(customer, code=code)
+
+    job = wait_job(customer, job_id, status="FAILED", timeout_s=60)
+    assert "the platform refused the results" in job["statusMessage"]
+    wait_for(lambda: outbox(machine, job_id) == 0, what="an empty outbox")
+    assert not paid(market, job_id)
+    assert f"results refused job_id={job_id}" in machine.log()
+    assert not list((machine.state_dir / "results").glob("*")), "archive left behind"

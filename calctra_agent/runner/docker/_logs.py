@@ -214,11 +214,9 @@ class LogFollower:
             return
         self._tail_chunks = deque([data[-TAIL_BYTES:]])
         self._tail_size = len(self._tail_chunks[0])
-        for line in reversed(data.split(b"\n")):
-            match = _PROGRESS_LINE.match(line.rstrip(b"\r")) if len(line) <= _LINE_BYTES else None
-            if match:
-                self._progress = clamp_percent(float(match.group(1)))
-                return
+        if _MARKER in data:
+            for line in data.split(b"\n"):
+                self._parse_line(line)
 
     def _still_running(self) -> bool:
         try:
