@@ -91,6 +91,15 @@ def _check_timezone(value: str) -> str:
     return value
 
 
+def _check_docker_host(value: str | None) -> str | None:
+    if value is not None and not re.fullmatch(r"unix:///\S+|tcp://[^\s/]+(:\d+)?/?", value):
+        raise ValueError(
+            f"{value!r} is not an engine address the agent can use: give unix:///path/to/socket "
+            "or tcp://host:port (plain TCP: the agent speaks neither TLS nor SSH to the engine)"
+        )
+    return value
+
+
 @cache
 def _timezones() -> frozenset[str]:
     return frozenset(available_timezones()) | {"UTC"}
@@ -195,8 +204,9 @@ class ImageSettings(_Section):
 class ContainerSettings(_Section):
     """How job containers are confined, beyond the grant's cores, memory and GPUs."""
 
-    docker_host: str | None = None
-    """The engine's address, as DOCKER_HOST takes it; None: DOCKER_HOST, else the local socket."""
+    docker_host: Annotated[str | None, AfterValidator(_check_docker_host)] = None
+    """The engine's address: unix:///path or tcp://host:port (plain TCP; the agent speaks
+    neither TLS nor SSH to the engine); None: DOCKER_HOST, else the local socket."""
     pids_limit: Annotated[int, Field(ge=16, le=1_000_000)] = 1024
     tmp_size_mb: Annotated[int, Field(ge=1, le=1_000_000)] = 256
     """Size of the job's writable /tmp, a tmpfs counted in its memory."""

@@ -186,6 +186,29 @@ def test_api_url_without_its_version_is_refused(monkeypatch: pytest.MonkeyPatch)
     assert problem.startswith("api_url: must end with the API version")
 
 
+@pytest.mark.parametrize("address", ["ssh://builder@host", "https://host:2376", "tcp://"])
+def test_engine_address_the_agent_cannot_use_is_refused(
+    monkeypatch: pytest.MonkeyPatch, address: str
+) -> None:
+    monkeypatch.setenv("CALCTRA_CONTAINERS__DOCKER_HOST", address)
+
+    (problem,) = problems_of(None)
+
+    assert problem.startswith(
+        f"containers.docker_host: {address!r} is not an engine address the agent can use: "
+        "give unix:///path/to/socket or tcp://host:port"
+    )
+
+
+@pytest.mark.parametrize("address", ["unix:///run/docker.sock", "tcp://127.0.0.1:2375"])
+def test_engine_address_on_a_socket_or_plain_tcp_is_taken(
+    monkeypatch: pytest.MonkeyPatch, address: str
+) -> None:
+    monkeypatch.setenv("CALCTRA_CONTAINERS__DOCKER_HOST", address)
+
+    assert load_settings(None).containers.docker_host == address
+
+
 @pytest.mark.parametrize(
     ("text", "problem"),
     [

@@ -2,11 +2,12 @@
 
 from calctra_agent.probe._cpu import CpuInfo, probe_cpu
 from calctra_agent.probe._engine import (
+    EngineApi,
     EngineInfo,
+    EngineUnavailable,
     GpuRuntime,
     detect_gpu_runtime,
     probe_engine,
-    unix_socket_error,
 )
 from calctra_agent.probe._gpu import Gpu, GpuInventory, cuda_version, forget_nvml, probe_gpus
 from calctra_agent.probe._machine import (
@@ -24,7 +25,9 @@ from calctra_agent.probe._storage import StorageInfo, probe_storage
 __all__ = [
     "Capacity",
     "CpuInfo",
+    "EngineApi",
     "EngineInfo",
+    "EngineUnavailable",
     "GIB",
     "Gpu",
     "GpuInventory",
@@ -47,5 +50,4 @@ __all__ = [
     "render_probe_table",
     "sample_utilization",
     "to_gb",
-    "unix_socket_error",
 ]

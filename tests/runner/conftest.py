@@ -27,7 +27,7 @@ from calctra_agent.config import AgentSettings
 from calctra_agent.errors import Conflict, NotFound
 from calctra_agent.runner import Completed, Failed, Grant, JobSpec, Outcome
 from calctra_agent.runner.docker import DockerRunner
-from calctra_agent.runner.docker._container import LABEL_INSTANCE_ID
+from calctra_agent.runner.docker._labels import LABEL_INSTANCE_ID
 from calctra_agent.wire import JobLogAppend
 from tests.docker_support import BUSYBOX_IMAGE, PYTHON_IMAGE, docker_client, require_images
 

@@ -13,14 +13,8 @@ from calctra_agent.config import ContainerSettings
 from calctra_agent.errors import RunnerError
 from calctra_agent.probe import GpuRuntime
 from calctra_agent.runner import Grant, JobSpec
-from calctra_agent.runner.docker._container import (
-    Identity,
-    container_name,
-    create_kwargs,
-    device_requests,
-    job_user,
-    labels,
-)
+from calctra_agent.runner.docker._container import create_kwargs, device_requests, job_user
+from calctra_agent.runner.docker._labels import Identity, container_name, labels
 from calctra_agent.runner.docker._workdir import JobDir
 from tests.runner.conftest import job
 

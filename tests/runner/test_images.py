@@ -15,6 +15,7 @@ import pytest
 from calctra_agent.config import ImageSettings
 from calctra_agent.errors import RunnerError
 from calctra_agent.runner.docker import ensure_image_present
+from calctra_agent.runner.docker._engine import Engine
 from calctra_agent.runner.docker._images import ImageStore, PulledImages, resolve_image
 from calctra_agent.runner.docker._images import _log_pull as log_pull
 from tests.docker_support import BUSYBOX_IMAGE, docker_client, require_images
@@ -31,6 +32,15 @@ def client() -> Iterator[docker.DockerClient]:
         yield client
     finally:
         client.close()
+
+
+@pytest.fixture
+def engine(client: docker.DockerClient) -> Iterator[Engine]:
+    engine = Engine(None, max_pool_size=2)
+    try:
+        yield engine
+    finally:
+        engine.close()
 
 
 @pytest.fixture
@@ -68,12 +78,12 @@ def present(client: docker.DockerClient, name: str) -> bool:
 
 
 def test_prune_removes_pulled_images_least_recently_used_first_until_space_is_back(
-    client: docker.DockerClient, tags: list[str], tmp_path: Path
+    client: docker.DockerClient, engine: Engine, tags: list[str], tmp_path: Path
 ) -> None:
     a, b, c, _ = tags
     record = record_of(tmp_path / "pulled.json", {b: 2000.0, a: 1000.0})
     store = ImageStore(
-        client, record, min_free_gb=10, free_bytes=lambda: 0 if present(client, a) else PLENTY
+        engine, record, min_free_gb=10, free_bytes=lambda: 0 if present(client, a) else PLENTY
     )
 
     removed = store.prune()
@@ -85,12 +95,12 @@ def test_prune_removes_pulled_images_least_recently_used_first_until_space_is_ba
 
 
 def test_prune_spares_images_it_did_not_pull_and_images_in_use(
-    client: docker.DockerClient, tags: list[str], tmp_path: Path
+    client: docker.DockerClient, engine: Engine, tags: list[str], tmp_path: Path
 ) -> None:
     a, b, c, d = tags
     record = record_of(tmp_path / "pulled.json", {a: 1.0, b: 2.0, d: 3.0})
     client.containers.create(d, command=["sh"], network_mode="none")
-    store = ImageStore(client, record, min_free_gb=10, free_bytes=lambda: 0)
+    store = ImageStore(engine, record, min_free_gb=10, free_bytes=lambda: 0)
 
     removed = store.prune(keep={b})
 
@@ -100,21 +110,21 @@ def test_prune_spares_images_it_did_not_pull_and_images_in_use(
 
 
 def test_prune_does_nothing_while_space_is_enough(
-    client: docker.DockerClient, tags: list[str], tmp_path: Path
+    client: docker.DockerClient, engine: Engine, tags: list[str], tmp_path: Path
 ) -> None:
     a = tags[0]
-    store = ImageStore(client, record_of(tmp_path / "p.json", {a: 1.0}), 10, lambda: PLENTY)
+    store = ImageStore(engine, record_of(tmp_path / "p.json", {a: 1.0}), 10, lambda: PLENTY)
 
     assert store.prune() == []
     assert present(client, a)
 
 
 def test_prune_removes_unused_tags_of_the_record_and_never_others(
-    client: docker.DockerClient, tags: list[str], tmp_path: Path
+    client: docker.DockerClient, engine: Engine, tags: list[str], tmp_path: Path
 ) -> None:
     a, b, c, d = tags
     record = record_of(tmp_path / "pulled.json", {b: 2.0, a: 1.0})
-    store = ImageStore(client, record, min_free_gb=10, free_bytes=lambda: 0)
+    store = ImageStore(engine, record, min_free_gb=10, free_bytes=lambda: 0)
 
     removed = store.prune()
 
@@ -125,11 +135,11 @@ def test_prune_removes_unused_tags_of_the_record_and_never_others(
 
 
 def test_using_an_image_updates_its_record_only_when_the_agent_pulled_it(
-    client: docker.DockerClient, tags: list[str], tmp_path: Path
+    client: docker.DockerClient, engine: Engine, tags: list[str], tmp_path: Path
 ) -> None:
     a, b, _, _ = tags
     record = record_of(tmp_path / "pulled.json", {a: 1.0})
-    store = ImageStore(client, record, min_free_gb=10, free_bytes=lambda: PLENTY)
+    store = ImageStore(engine, record, min_free_gb=10, free_bytes=lambda: PLENTY)
 
     store.ensure(a)
     store.ensure(b)
@@ -139,11 +149,11 @@ def test_using_an_image_updates_its_record_only_when_the_agent_pulled_it(
 
 
 def test_unreadable_record_prunes_nothing(
-    client: docker.DockerClient, tags: list[str], tmp_path: Path
+    client: docker.DockerClient, engine: Engine, tags: list[str], tmp_path: Path
 ) -> None:
     path = tmp_path / "pulled.json"
     path.write_text('{"images": {"')
-    store = ImageStore(client, PulledImages(path), min_free_gb=10, free_bytes=lambda: 0)
+    store = ImageStore(engine, PulledImages(path), min_free_gb=10, free_bytes=lambda: 0)
 
     assert store.prune() == []
     assert all(present(client, name) for name in tags)

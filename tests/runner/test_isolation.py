@@ -9,7 +9,7 @@ import uuid
 from pathlib import Path
 
 from calctra_agent.runner import Grant
-from calctra_agent.runner.docker._container import (
+from calctra_agent.runner.docker._labels import (
     LABEL_DEADLINE,
     LABEL_INSTANCE_ID,
     LABEL_JOB_ID,

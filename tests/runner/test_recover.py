@@ -10,7 +10,8 @@ from pathlib import Path
 from calctra_agent.probe import GpuRuntime
 from calctra_agent.runner import Completed, Recovery
 from calctra_agent.runner.docker import _workdir as workdir
-from calctra_agent.runner.docker._container import Identity, create_kwargs, job_user, labels
+from calctra_agent.runner.docker._container import create_kwargs, job_user
+from calctra_agent.runner.docker._labels import Identity, labels
 from calctra_agent.wire import FailureReason
 from tests.runner.conftest import (
     PYTHON_IMAGE,

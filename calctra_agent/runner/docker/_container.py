@@ -1,4 +1,4 @@
-"""What a job's container is made of: labels, mounts, limits, environment and user.
+"""What a job's container is made of: mounts, limits, devices, environment and user.
 
 Everything here is a pure function of the job, the settings and the engine's GPU runtime, so
 that the confinement of a job can be read, and tested, without starting one.
@@ -6,26 +6,17 @@ that the confinement of a job can be read, and tested, without starting one.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
-from dataclasses import dataclass
 from typing import Any
 
 from docker.types import DeviceRequest, LogConfig, Mount
 
-from calctra_agent import __version__
 from calctra_agent.config import ContainerSettings
 from calctra_agent.errors import RunnerError
 from calctra_agent.probe import GpuRuntime
 from calctra_agent.runner._interface import JobSpec
+from calctra_agent.runner.docker._labels import LABEL_INSTANCE_ID, container_name
 from calctra_agent.runner.docker._workdir import JobDir
-
-LABEL_JOB_ID = "calctra.job-id"
-LABEL_RESOURCE_ID = "calctra.resource-id"
-LABEL_INSTANCE_ID = "calctra.instance-id"
-LABEL_DEADLINE = "calctra.deadline"
-LABEL_VERSION = "calctra.version"
 
 CODE_DIR = "/job/code"
 DATA_DIR = "/job/data"
@@ -45,15 +36,6 @@ platform stores of it, so that the agent ships every byte the platform takes."""
 _CDI_GPU_KIND = "nvidia.com/gpu"
 
 
-@dataclass(frozen=True)
-class Identity:
-    """Whose containers these are: the resource, and this agent installation among those that
-    may share the engine."""
-
-    resource_id: str
-    instance_id: str
-
-
 def job_user(setting: str) -> tuple[int, int]:
     """The uid and gid jobs run as. "auto": nobody when the agent is root, else the agent's
     own ids, so that the agent can always read and remove what a job wrote. A uid given
@@ -62,31 +44,6 @@ def job_user(setting: str) -> tuple[int, int]:
         return NOBODY if os.getuid() == 0 else (os.getuid(), os.getgid())
     uid, _, gid = setting.partition(":")
     return int(uid), int(gid or uid)
-
-
-def labels(spec: JobSpec, identity: Identity, deadline: float) -> dict[str, str]:
-    return {
-        LABEL_JOB_ID: spec.job_id,
-        LABEL_RESOURCE_ID: identity.resource_id,
-        LABEL_INSTANCE_ID: identity.instance_id,
-        LABEL_DEADLINE: f"{deadline:.3f}",
-        LABEL_VERSION: __version__,
-    }
-
-
-def instance_filter(instance_id: str, job_id: str | None = None) -> dict[str, list[str]]:
-    """The engine's filter for the containers of this instance (and of one job)."""
-    selected = [f"{LABEL_INSTANCE_ID}={instance_id}"]
-    if job_id is not None:
-        selected.append(f"{LABEL_JOB_ID}={job_id}")
-    return {"label": selected}
-
-
-def container_name(job_id: str, instance_id: str) -> str:
-    """calctra-<job id>-<8 hex of the instance id>: readable in `docker ps`, and unique on
-    an engine that several agents share."""
-    instance_tag = hashlib.sha256(instance_id.encode()).hexdigest()[:8]
-    return re.sub(r"[^A-Za-z0-9_.-]", "-", f"calctra-{job_id}-{instance_tag}")
 
 
 def create_kwargs(

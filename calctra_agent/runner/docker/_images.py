@@ -18,13 +18,10 @@ from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import docker
-from docker.utils import parse_repository_tag
-
 from calctra_agent.config import ImageSettings
 from calctra_agent.errors import RunnerError
 from calctra_agent.runner._interface import JobSpec
-from calctra_agent.runner.docker._engine import connect, engine_errors
+from calctra_agent.runner.docker._engine import Engine, NotFound, engine_errors
 
 logger = logging.getLogger(__name__)
 
@@ -104,24 +101,24 @@ class ImageStore:
 
     def __init__(
         self,
-        client: docker.DockerClient,
+        engine: Engine,
         record: PulledImages,
         min_free_gb: float,
         free_bytes: FreeBytes | None = None,
     ) -> None:
-        self.client = client
+        self.engine = engine
         self.record = record
         self.min_free_gb = min_free_gb
-        self.free_bytes = free_bytes or (lambda: engine_free_bytes(client))
+        self.free_bytes = free_bytes or (lambda: engine_free_bytes(engine))
 
     def ensure(self, reference: str, keep: Collection[str] = ()) -> None:
         """Make sure the engine has `reference`, pulling it when missing (after making room,
         sparing `keep`). Raises RunnerError when it cannot be had."""
-        if image_id(self.client, reference) is not None:
+        if image_id(self.engine, reference) is not None:
             self.record.touch(reference)
             return
         self.prune(keep={reference, *keep})
-        pull(self.client, reference)
+        pull(self.engine, reference)
         self.record.add(reference)
 
     def prune(self, keep: Collection[str] = ()) -> list[str]:
@@ -136,7 +133,7 @@ class ImageStore:
         for reference in self._candidates(keep):
             if free is None or free >= self.min_free_gb * GB:
                 break
-            if image_id(self.client, reference) in in_use:
+            if image_id(self.engine, reference) in in_use:
                 continue
             if self._remove(reference, free):
                 removed.append(reference)
@@ -148,19 +145,18 @@ class ImageStore:
         return sorted((ref for ref in pulled if ref not in keep), key=lambda ref: pulled[ref])
 
     def _images_in_use(self) -> set[str]:
-        with engine_errors("list the containers that use images"):
-            containers = self.client.api.containers(all=True)
-        return {str(container.get("ImageID")) for container in containers}
+        return {str(container.get("ImageID")) for container in self.engine.containers({})}
 
     def _remove(self, reference: str, free: int) -> bool:
         try:
-            self.client.images.remove(reference)
-        except docker.errors.ImageNotFound:
+            with engine_errors(f"remove image {reference}"):
+                self.engine.sdk.images.remove(reference)
+        except NotFound:
             self.record.forget(reference)
             return False
-        except docker.errors.APIError as exc:
+        except RunnerError as exc:
             # In use by a container created meanwhile, for instance: tried again next time.
-            logger.warning("image not pruned image=%s error=%s", reference, exc.explanation)
+            logger.warning("image not pruned image=%s error=%s", reference, exc)
             return False
         self.record.forget(reference)
         logger.info("image pruned image=%s free_gb=%.1f", reference, free / GB)
@@ -171,41 +167,38 @@ def ensure_image_present(reference: str, docker_host: str | None = None) -> None
     """Make sure the engine at `docker_host` has `reference`, pulling it when missing, for
     callers outside a runner (the demo): the image is not recorded as pulled by the agent.
     Raises RunnerError when the engine does not answer or the image cannot be had."""
-    client = connect(docker_host, max_pool_size=2)
+    engine = Engine(docker_host, max_pool_size=2)
     try:
-        if image_id(client, reference) is None:
-            pull(client, reference)
+        if image_id(engine, reference) is None:
+            pull(engine, reference)
     finally:
-        client.close()
+        engine.close()
 
 
-def image_id(client: docker.DockerClient, reference: str) -> str | None:
+def image_id(engine: Engine, reference: str) -> str | None:
     """The id of the engine's image `reference`; None when it has none."""
     try:
         with engine_errors(f"look up image {reference}"):
-            return str(client.images.get(reference).id)
-    except RunnerError as exc:
-        if isinstance(exc.__cause__, docker.errors.ImageNotFound):
-            return None
-        raise
+            return str(engine.sdk.images.get(reference).id)
+    except NotFound:
+        return None
 
 
-def pull(client: docker.DockerClient, reference: str) -> None:
-    """Pull `reference`, its progress in the log; raises RunnerError with what to do when
-    no registry has it (or none answers)."""
-    repository, tag = parse_repository_tag(reference)
+def pull(engine: Engine, reference: str) -> None:
+    """Pull `reference` (its tag, or latest), its progress in the log; raises RunnerError
+    with what to do when no registry has it (or none answers)."""
     logger.info("image pull starting image=%s", reference)
     started = time.monotonic()
     try:
         with engine_errors(f"pull image {reference}"):
-            events = client.api.pull(repository, tag=tag or "latest", stream=True, decode=True)
+            events = engine.sdk.api.pull(reference, stream=True, decode=True)
             _log_pull(reference, events)
     except RunnerError as exc:
         raise RunnerError(
             f"{exc}; make the image available to the engine (docker pull or docker load), "
             "or set images.default_image to an image it has"
         ) from exc
-    if image_id(client, reference) is None:
+    if image_id(engine, reference) is None:
         raise RunnerError(f"cannot pull image {reference}: the engine does not have it after")
     logger.info(
         "image pull complete image=%s elapsed_s=%.1f", reference, time.monotonic() - started
@@ -236,11 +229,10 @@ def _log_pull(reference: str, events: Iterator[dict[str, Any]]) -> None:
             )  # fmt: skip
 
 
-def engine_free_bytes(client: docker.DockerClient) -> int | None:
+def engine_free_bytes(engine: Engine) -> int | None:
     """Free bytes where the engine keeps its images (`docker info` DockerRootDir); None when
     that directory is not on this machine (a remote engine)."""
-    with engine_errors("read the Docker engine's root directory"):
-        root = client.info().get("DockerRootDir")
+    root = engine.info().get("DockerRootDir")
     if not root:
         return None
     try:

@@ -6,8 +6,8 @@ time, in Python, at some 25 us per line: a job printing short lines fast would c
 a core. This reader takes the same response off the socket in large reads and strips the
 chunk and frame headers from each read at once, which costs about 2 us per line.
 
-It speaks HTTP/1.1 to the engine's unix socket or plain TCP address; other addresses (TLS, SSH)
-use the SDK's stream.
+It speaks HTTP/1.1 to the engine's unix socket or plain TCP address, the addresses the agent
+reaches an engine at.
 """
 
 from __future__ import annotations
@@ -22,11 +22,6 @@ _READ_BYTES = 256 * 1024
 _HEADER_LIMIT = 64 * 1024
 _FRAME_HEADER = 8
 _CONNECT_TIMEOUT_S = 30.0
-
-
-def supports(docker_host: str) -> bool:
-    """Whether this reader can reach the engine at `docker_host`."""
-    return docker_host.startswith(("unix://", "tcp://", "http://"))
 
 
 class EngineLogStream:

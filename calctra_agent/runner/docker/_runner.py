@@ -1,32 +1,33 @@
-"""The Docker runner: each job in a container of its own, confined to what it was granted."""
+"""The Docker runner: each job in a container of its own, confined to what it was granted.
+
+The job machinery (supervisors, and the Docker SDK under them) loads at the first job or
+container to take up: until then the runner asks the engine only through `Engine`'s light
+calls, and an idle agent stays small.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
-
-from docker.models.containers import Container
+from typing import TYPE_CHECKING, Any
 
 from calctra_agent.config import AgentSettings
 from calctra_agent.errors import RunnerError
 from calctra_agent.runner._interface import JobEvents, JobPlatform, JobSpec, Recovery
 from calctra_agent.runner.docker import _workdir as workdir
-from calctra_agent.runner.docker._container import (
-    LABEL_JOB_ID,
-    Identity,
-    device_requests,
-    instance_filter,
-    resource_limits,
-)
-from calctra_agent.runner.docker._engine import connect, engine_errors, gpu_runtime
+from calctra_agent.runner.docker._engine import Engine, NotFound, engine_errors
 from calctra_agent.runner.docker._images import (
     RECORD_NAME,
     ImageStore,
     PulledImages,
     resolve_image,
 )
-from calctra_agent.runner.docker._supervise import Context, Supervisor
+from calctra_agent.runner.docker._labels import LABEL_JOB_ID, Identity, instance_filter
 from calctra_agent.wire import FailureReason
+
+if TYPE_CHECKING:
+    from calctra_agent.probe import GpuRuntime
+    from calctra_agent.runner.docker._supervise import Context, Supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -49,30 +50,24 @@ class DockerRunner:
     ) -> None:
         self.settings = settings
         self.instance_id = instance_id
-        # A connection per job's log stream, and some for the supervisors' requests.
-        self.client = connect(
-            settings.containers.docker_host, max_pool_size=2 * settings.max_concurrent_jobs + 8
+        self.platform = platform
+        self.identity = Identity(resource_id, instance_id)
+        # Connections for the supervisors' requests; log streams have their own.
+        self.engine = Engine(
+            settings.containers.docker_host, max_pool_size=settings.max_concurrent_jobs + 8
         )
         try:
-            runtime = gpu_runtime(self.client)
+            self._gpu: GpuRuntime = self.engine.gpu_runtime()
         except RunnerError:
-            self.client.close()
+            self.engine.close()
             raise
-        self.gpu_runtime = runtime.usable
+        self.gpu_runtime = self._gpu.usable
         self.images = ImageStore(
-            self.client,
+            self.engine,
             PulledImages(settings.state_dir / RECORD_NAME),
             settings.images.min_free_gb,
         )
-        self._context = Context(
-            client=self.client,
-            settings=settings,
-            platform=platform,
-            images=self.images,
-            identity=Identity(resource_id, instance_id),
-            gpu=runtime,
-            active_images=self._active_images,
-        )
+        self._context: Context | None = None
         self._jobs: dict[str, Supervisor] = {}
         self._lock = threading.Lock()
         logger.info(
@@ -83,9 +78,8 @@ class DockerRunner:
         """Check the job and start it in the background: image, datasets, container. Raises
         RunnerError for a job that cannot run here, or that has a container already."""
         image = resolve_image(spec, self.settings.images)
-        supervisor = Supervisor(spec, image, events, self._context, self._forget)
-        resource_limits(spec)
-        device_requests(spec, self._context.gpu)
+        supervisor = self._supervisor(spec, image, events)
+        supervisor.check()
         with self._lock:
             if spec.job_id in self._jobs:
                 raise RunnerError(f"cannot start job {spec.job_id}: it is running here already")
@@ -111,9 +105,11 @@ class DockerRunner:
             for container in self._containers(job_id):
                 directory = workdir.job_dir(self.settings.work_dir, job_id)
                 workdir.write_verdict(directory, FailureReason.CANCELLED_BY_AGENT)
-                if container.status in _RUNNING_STATES:
+                if container.get("State") in _RUNNING_STATES:
                     with engine_errors(f"kill the container of job {job_id}"):
-                        container.kill()
+                        self.engine.sdk.api.kill(container["Id"])
+        except NotFound:
+            pass  # it went meanwhile
         except RunnerError as exc:
             logger.warning("job not cancelled job_id=%s error=%s", job_id, exc)
 
@@ -158,13 +154,32 @@ class DockerRunner:
 
     def close(self) -> None:
         """Close the connections to the engine; the runner is of no further use."""
-        self.client.close()
+        self.engine.close()
 
-    def _take_up(self, spec: JobSpec, events: JobEvents, container: Container) -> bool:
+    def _supervisor(self, spec: JobSpec, image: str, events: JobEvents) -> Supervisor:
+        """A supervisor for `spec`; the first one loads the job machinery."""
+        from calctra_agent.runner.docker._supervise import Context, Supervisor
+
+        with self._lock:
+            if self._context is None:
+                self._context = Context(
+                    engine=self.engine,
+                    settings=self.settings,
+                    platform=self.platform,
+                    images=self.images,
+                    identity=self.identity,
+                    gpu=self._gpu,
+                    active_images=self._active_images,
+                )
+        return Supervisor(spec, image, events, self._context, self._forget)
+
+    def _take_up(self, spec: JobSpec, events: JobEvents, summary: dict[str, Any]) -> bool:
         """Reattach to a running container (True), or conclude an exited one (False)."""
+        with engine_errors(f"read the container of job {spec.job_id}"):
+            container = self.engine.sdk.containers.get(summary["Id"])
         # The image it was created from: the list of allowed images may have changed since.
         image = str(container.attrs["Config"]["Image"])
-        supervisor = Supervisor(spec, image, events, self._context, self._forget)
+        supervisor = self._supervisor(spec, image, events)
         with self._lock:
             self._jobs[spec.job_id] = supervisor
         if container.status in _FINISHED_STATES:
@@ -173,27 +188,28 @@ class DockerRunner:
         supervisor.reattach(container)
         return True
 
-    def _remove_orphan(self, job_id: str, container: Container) -> None:
+    def _remove_orphan(self, job_id: str, container: dict[str, Any]) -> None:
         try:
             with engine_errors(f"remove the container of job {job_id}, no longer assigned"):
-                container.remove(force=True)
+                self.engine.sdk.api.remove_container(container["Id"], force=True)
+        except NotFound:
+            pass  # it went meanwhile
         except RunnerError as exc:
             logger.warning("orphan container not removed job_id=%s error=%s", job_id, exc)
             return
-        logger.info("orphan container removed job_id=%s container=%s", job_id, container.name)
+        name = (container.get("Names") or ["?"])[0].lstrip("/")
+        logger.info("orphan container removed job_id=%s container=%s", job_id, name)
         self._remove_job_dir(job_id)
 
-    def _containers(self, job_id: str | None = None) -> list[Container]:
-        with engine_errors("list this agent's containers"):
-            found: list[Container] = self.client.containers.list(
-                all=True, filters=instance_filter(self.instance_id, job_id)
-            )
-        return found
+    def _containers(self, job_id: str | None = None) -> list[dict[str, Any]]:
+        """The engine's summaries of this instance's containers (of one job)."""
+        return self.engine.containers(instance_filter(self.instance_id, job_id))
 
-    def _containers_by_job(self) -> dict[str, Container]:
+    def _containers_by_job(self) -> dict[str, dict[str, Any]]:
         # A job has one container at most: its name, from the job and instance ids, is unique.
         return {
-            container.labels.get(LABEL_JOB_ID, ""): container for container in self._containers()
+            (container.get("Labels") or {}).get(LABEL_JOB_ID, ""): container
+            for container in self._containers()
         }
 
     def _remove_job_dir(self, job_id: str) -> None:

@@ -7,14 +7,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-import docker
-from docker.models.containers import Container
+from typing import TYPE_CHECKING, Any
 
 from calctra_agent.config import AgentSettings
 from calctra_agent.errors import CalctraError, RunnerError
@@ -30,17 +27,20 @@ from calctra_agent.runner._interface import (
 from calctra_agent.runner.docker import _logstream as logstream
 from calctra_agent.runner.docker import _workdir as workdir
 from calctra_agent.runner.docker._container import (
-    LABEL_DEADLINE,
-    Identity,
     create_kwargs,
+    device_requests,
     job_user,
-    labels,
+    resource_limits,
 )
-from calctra_agent.runner.docker._engine import engine_errors, engine_host
+from calctra_agent.runner.docker._engine import Engine, NotFound, engine_errors
 from calctra_agent.runner.docker._images import ImageStore
+from calctra_agent.runner.docker._labels import LABEL_DEADLINE, Identity, labels
 from calctra_agent.runner.docker._logs import LogFollower, LogStream
 from calctra_agent.runner.docker._output import MIB, output_size, pack
 from calctra_agent.wire import FailureReason
+
+if TYPE_CHECKING:
+    from docker.models.containers import Container
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ _RUNNING_STATES = ("running", "restarting", "paused")
 class Context:
     """What every job's supervisor shares with the runner."""
 
-    client: docker.DockerClient
+    engine: Engine
     settings: AgentSettings
     platform: JobPlatform
     images: ImageStore
@@ -110,6 +110,12 @@ class Supervisor:
         return self.spec.job_id
 
     # what the runner calls
+
+    def check(self) -> None:
+        """Raises RunnerError when the job cannot run on this machine: limits the engine
+        would refuse, or GPUs it cannot give."""
+        resource_limits(self.spec)
+        device_requests(self.spec, self.context.gpu)
 
     def launch(self) -> None:
         """Prepare and run the job in the background."""
@@ -213,7 +219,7 @@ class Supervisor:
             self.context.gpu,
         )
         with engine_errors(f"create the container of job {self.job_id}"):
-            self._container = self.context.client.containers.create(**kwargs)
+            self._container = self.context.engine.sdk.containers.create(**kwargs)
         self._checkpoint()
         with engine_errors(f"start the container of job {self.job_id}"):
             self._container.start()
@@ -272,12 +278,7 @@ class Supervisor:
         return follower
 
     def _log_stream(self, container: Container) -> LogStream:
-        host = engine_host(self.settings.containers.docker_host)
-        if logstream.supports(host):
-            return logstream.EngineLogStream(host, container.id)
-        with engine_errors(f"read the log of job {self.job_id}"):
-            stream = container.logs(stream=True, follow=True, stdout=True, stderr=True)
-        return _SdkLogStream(stream)
+        return logstream.EngineLogStream(self.context.engine.host, container.id)
 
     def _log_tail(self, container: Container, lines: int) -> bytes:
         with engine_errors(f"read the log of job {self.job_id}"):
@@ -288,10 +289,8 @@ class Supervisor:
         try:
             with engine_errors(f"read the state of job {self.job_id}"):
                 container.reload()
-        except RunnerError as exc:
-            if isinstance(exc.__cause__, docker.errors.NotFound):
-                return False
-            raise
+        except NotFound:
+            return False
         return container.status in _RUNNING_STATES
 
     def _watch(self, container: Container, follower: LogFollower) -> bool:
@@ -345,11 +344,12 @@ class Supervisor:
             except RunnerError as exc:
                 logger.warning("verdict not saved job_id=%s error=%s", self.job_id, exc)
         try:
-            container.kill()
+            with engine_errors(f"kill the container of job {self.job_id}"):
+                container.kill()
             self._killed = True
-        except docker.errors.NotFound:
+        except NotFound:
             self._killed = True
-        except docker.errors.APIError as exc:
+        except RunnerError as exc:
             # Not running (yet, or any more): its state says the rest.
             logger.debug("job container not killed job_id=%s detail=%s", self.job_id, exc)
 
@@ -478,22 +478,3 @@ def _finished_after(state: dict[str, Any], deadline: float) -> bool:
     except ValueError:
         return False
     return moment > deadline
-
-
-class _SdkLogStream:
-    """The engine's log stream. Closing docker's stream shuts its socket down but leaves the
-    HTTP response holding the socket's file until garbage collection: `release` closes it."""
-
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self._stream)
-
-    def close(self) -> None:
-        self._stream.close()
-
-    def release(self) -> None:
-        response = getattr(self._stream, "_response", None)
-        if response is not None:
-            response.close()
