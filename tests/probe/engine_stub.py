@@ -1,6 +1,7 @@
 """A stand-in for the Docker engine on a unix socket, answering the two Engine API calls the
-probe makes (GET /version, GET /v<api>/info): the real engine does not run on the test
-machines. The Docker SDK talks to it over real HTTP, as it would to dockerd."""
+probe makes (GET /version, GET /v<api>/info) with any `docker info` a test needs: the real
+engine here has no GPU runtime to report. The probe talks to it over real HTTP, as it would
+to dockerd."""
 
 from __future__ import annotations
 
