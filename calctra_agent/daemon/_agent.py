@@ -142,9 +142,9 @@ class Agent:
         logger.info("agent ready jobs=%d", len(self._grants))
 
     def wait_stopped(self) -> None:
-        """Block until `stop()`; wakes up regularly so that signal handlers can run."""
-        while not self._stopping.wait(0.5):
-            pass
+        """Block until `stop()`. A signal interrupts the wait to run its handler, which may
+        call `stop()`: an idle agent need not wake up to look."""
+        self._stopping.wait()
 
     def stop(self) -> None:
         """First call: stop taking offers (those that come while jobs drain are declined).
