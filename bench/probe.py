@@ -6,8 +6,8 @@ Measures probe_machine() without the engine check, with an engine that cannot be
 socket that does not exist) and with one that answers (the test suite's stand-in for the
 Docker engine, on a unix socket: the same two Engine API round trips as dockerd, without
 dockerd's own work), and sample_utilization(). The first call of the process is shown apart:
-it pays for importing pynvml and the Docker SDK. Prints figures; it is not a test and asserts
-nothing.
+it pays for loading pynvml and its first look for NVML. Prints figures; it is not a test and
+asserts nothing.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def main() -> None:
         os.environ["DOCKER_HOST"] = f"unix://{Path(tmp) / 'absent.sock'}"
         first = timed_ms(lambda: probe_machine(work_dir))
         print(f"probe, {args.runs} runs each, on {os.cpu_count()} cpus")
-        print(f"  {'first call (imports pynvml, docker)':<40} {first:7.2f} ms")
+        print(f"  {'first call (imports pynvml)':<40} {first:7.2f} ms")
         report(
             "probe, no engine check", lambda: probe_machine(work_dir, with_engine=False), args.runs
         )

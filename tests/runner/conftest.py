@@ -27,6 +27,7 @@ from calctra_agent.config import AgentSettings
 from calctra_agent.errors import Conflict, NotFound
 from calctra_agent.runner import Completed, Failed, Grant, JobSpec, Outcome
 from calctra_agent.runner.docker import DockerRunner
+from calctra_agent.runner.docker._engine import Engine
 from calctra_agent.runner.docker._labels import LABEL_INSTANCE_ID
 from calctra_agent.wire import JobLogAppend
 from tests.docker_support import BUSYBOX_IMAGE, PYTHON_IMAGE, docker_client, require_images
@@ -231,3 +232,24 @@ def harness(tmp_path: Path) -> Iterator[Harness]:
     finally:
         harness.close()
         client.close()
+
+
+@pytest.fixture
+def client() -> Iterator[docker.DockerClient]:
+    """The Docker SDK's client of the test engine, which has the busybox image."""
+    client = docker_client()
+    require_images(client, BUSYBOX_IMAGE)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def engine(client: docker.DockerClient) -> Iterator[Engine]:
+    """The runner's connection to the test engine."""
+    engine = Engine(None, max_pool_size=2)
+    try:
+        yield engine
+    finally:
+        engine.close()

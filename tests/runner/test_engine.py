@@ -6,7 +6,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import docker
@@ -14,8 +13,8 @@ import pytest
 
 from calctra_agent.errors import RunnerError
 from calctra_agent.runner.docker import DockerRunner
-from calctra_agent.runner.docker._engine import Engine, NotFound, engine_errors
-from tests.docker_support import BUSYBOX_IMAGE, docker_client, require_images
+from calctra_agent.runner.docker._engine import Engine, NotOnEngine, engine_errors
+from tests.docker_support import BUSYBOX_IMAGE
 from tests.runner.conftest import Harness
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -34,25 +33,6 @@ runner.close()
 loaded = sorted(name for name in ("docker", "requests", "urllib3") if name in sys.modules)
 print(f"recovered={len(recovery.running)} loaded={loaded}")
 """
-
-
-@pytest.fixture
-def client() -> Iterator[docker.DockerClient]:
-    client = docker_client()
-    require_images(client, BUSYBOX_IMAGE)
-    try:
-        yield client
-    finally:
-        client.close()
-
-
-@pytest.fixture
-def engine(client: docker.DockerClient) -> Iterator[Engine]:
-    engine = Engine(None, max_pool_size=2)
-    try:
-        yield engine
-    finally:
-        engine.close()
 
 
 def test_runner_without_a_job_never_loads_the_docker_sdk(tmp_path: Path) -> None:
@@ -90,7 +70,7 @@ def test_containers_are_listed_by_label_with_their_state(
 def test_sdk_is_made_once_and_its_missing_objects_are_not_found(engine: Engine) -> None:
     assert engine.sdk is engine.sdk
 
-    with pytest.raises(NotFound) as raised, engine_errors("read container calctra-absent"):
+    with pytest.raises(NotOnEngine) as raised, engine_errors("read container calctra-absent"):
         engine.sdk.containers.get("calctra-absent")
 
     assert str(raised.value).startswith("cannot read container calctra-absent: ")

@@ -18,29 +18,10 @@ from calctra_agent.runner.docker import ensure_image_present
 from calctra_agent.runner.docker._engine import Engine
 from calctra_agent.runner.docker._images import ImageStore, PulledImages, resolve_image
 from calctra_agent.runner.docker._images import _log_pull as log_pull
-from tests.docker_support import BUSYBOX_IMAGE, docker_client, require_images
+from tests.docker_support import BUSYBOX_IMAGE
 from tests.runner.conftest import job
 
 PLENTY = 10**15
-
-
-@pytest.fixture
-def client() -> Iterator[docker.DockerClient]:
-    client = docker_client()
-    require_images(client, BUSYBOX_IMAGE)
-    try:
-        yield client
-    finally:
-        client.close()
-
-
-@pytest.fixture
-def engine(client: docker.DockerClient) -> Iterator[Engine]:
-    engine = Engine(None, max_pool_size=2)
-    try:
-        yield engine
-    finally:
-        engine.close()
 
 
 @pytest.fixture

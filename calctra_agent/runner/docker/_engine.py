@@ -26,7 +26,7 @@ ENGINE_TIMEOUT_S = 30.0
 not end its own stream."""
 
 
-class NotFound(RunnerError):
+class NotOnEngine(RunnerError):
     """The engine has no such container or image."""
 
 
@@ -95,14 +95,14 @@ class Engine:
 @contextmanager
 def engine_errors(attempt: str) -> Iterator[None]:
     """Around calls of the Docker SDK: its exceptions become RunnerError("cannot <attempt>:
-    <why>"), and NotFound where the engine has no such container or image."""
+    <why>"), and NotOnEngine where the engine has no such container or image."""
     import docker
     import requests
 
     try:
         yield
     except docker.errors.NotFound as exc:
-        raise NotFound(f"cannot {attempt}: {_sdk_reason(exc)}") from exc
+        raise NotOnEngine(f"cannot {attempt}: {_sdk_reason(exc)}") from exc
     except docker.errors.APIError as exc:
         raise RunnerError(f"cannot {attempt}: {_sdk_reason(exc)}") from exc
     except (docker.errors.DockerException, requests.RequestException) as exc:

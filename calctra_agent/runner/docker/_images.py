@@ -21,7 +21,7 @@ from typing import Any
 from calctra_agent.config import ImageSettings
 from calctra_agent.errors import RunnerError
 from calctra_agent.runner._interface import JobSpec
-from calctra_agent.runner.docker._engine import Engine, NotFound, engine_errors
+from calctra_agent.runner.docker._engine import Engine, NotOnEngine, engine_errors
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ class ImageStore:
         try:
             with engine_errors(f"remove image {reference}"):
                 self.engine.sdk.images.remove(reference)
-        except NotFound:
+        except NotOnEngine:
             self.record.forget(reference)
             return False
         except RunnerError as exc:
@@ -180,7 +180,7 @@ def image_id(engine: Engine, reference: str) -> str | None:
     try:
         with engine_errors(f"look up image {reference}"):
             return str(engine.sdk.images.get(reference).id)
-    except NotFound:
+    except NotOnEngine:
         return None
 
 

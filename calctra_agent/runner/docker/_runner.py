@@ -15,7 +15,7 @@ from calctra_agent.config import AgentSettings
 from calctra_agent.errors import RunnerError
 from calctra_agent.runner._interface import JobEvents, JobPlatform, JobSpec, Recovery
 from calctra_agent.runner.docker import _workdir as workdir
-from calctra_agent.runner.docker._engine import Engine, NotFound, engine_errors
+from calctra_agent.runner.docker._engine import Engine, NotOnEngine, engine_errors
 from calctra_agent.runner.docker._images import (
     RECORD_NAME,
     ImageStore,
@@ -108,7 +108,7 @@ class DockerRunner:
                 if container.get("State") in _RUNNING_STATES:
                     with engine_errors(f"kill the container of job {job_id}"):
                         self.engine.sdk.api.kill(container["Id"])
-        except NotFound:
+        except NotOnEngine:
             pass  # it went meanwhile
         except RunnerError as exc:
             logger.warning("job not cancelled job_id=%s error=%s", job_id, exc)
@@ -192,7 +192,7 @@ class DockerRunner:
         try:
             with engine_errors(f"remove the container of job {job_id}, no longer assigned"):
                 self.engine.sdk.api.remove_container(container["Id"], force=True)
-        except NotFound:
+        except NotOnEngine:
             pass  # it went meanwhile
         except RunnerError as exc:
             logger.warning("orphan container not removed job_id=%s error=%s", job_id, exc)

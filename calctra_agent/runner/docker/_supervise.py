@@ -32,7 +32,7 @@ from calctra_agent.runner.docker._container import (
     job_user,
     resource_limits,
 )
-from calctra_agent.runner.docker._engine import Engine, NotFound, engine_errors
+from calctra_agent.runner.docker._engine import Engine, NotOnEngine, engine_errors
 from calctra_agent.runner.docker._images import ImageStore
 from calctra_agent.runner.docker._labels import LABEL_DEADLINE, Identity, labels
 from calctra_agent.runner.docker._logs import LogFollower, LogStream
@@ -289,7 +289,7 @@ class Supervisor:
         try:
             with engine_errors(f"read the state of job {self.job_id}"):
                 container.reload()
-        except NotFound:
+        except NotOnEngine:
             return False
         return container.status in _RUNNING_STATES
 
@@ -347,7 +347,7 @@ class Supervisor:
             with engine_errors(f"kill the container of job {self.job_id}"):
                 container.kill()
             self._killed = True
-        except NotFound:
+        except NotOnEngine:
             self._killed = True
         except RunnerError as exc:
             # Not running (yet, or any more): its state says the rest.
