@@ -92,7 +92,7 @@ def _check_timezone(value: str) -> str:
 
 
 def _check_docker_host(value: str | None) -> str | None:
-    if value is not None and not re.fullmatch(r"unix:///\S+|tcp://[^\s/]+(:\d+)?/?", value):
+    if value is not None and not re.fullmatch(r"unix:///\S+|tcp://[^\s/]+/?", value):
         raise ValueError(
             f"{value!r} is not an engine address the agent can use: give unix:///path/to/socket "
             "or tcp://host:port (plain TCP: the agent speaks neither TLS nor SSH to the engine)"

@@ -194,8 +194,8 @@ def _transport(host: str) -> tuple[httpx.HTTPTransport, str]:
         return httpx.HTTPTransport(uds=host.removeprefix("unix://"), verify=False), "http://docker"
     if host.startswith(("tcp://", "http://")):
         address = urlsplit(host.replace("tcp://", "http://", 1))
-        port = address.port or 2375
-        return httpx.HTTPTransport(verify=False), f"http://{address.hostname}:{port}"
+        netloc = address.netloc if address.port else f"{address.netloc}:2375"
+        return httpx.HTTPTransport(verify=False), f"http://{netloc}"
     raise EngineUnavailable(
         host, "the agent reaches a Docker engine at a unix:// or tcp:// address only"
     )

@@ -3,19 +3,25 @@ and the addresses it takes. Against the real engine."""
 
 from __future__ import annotations
 
+import socket
+import socketserver
 import subprocess
 import sys
+import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import docker
 import pytest
 
 from calctra_agent.errors import RunnerError
+from calctra_agent.runner import Completed
 from calctra_agent.runner.docker import DockerRunner
 from calctra_agent.runner.docker._engine import Engine, NotOnEngine, engine_errors
 from tests.docker_support import BUSYBOX_IMAGE
-from tests.runner.conftest import Harness
+from tests.runner.conftest import Events, Harness, job, wait_idle
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,6 +52,80 @@ def test_runner_without_a_job_never_loads_the_docker_sdk(tmp_path: Path) -> None
 
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "recovered=0 loaded=[]"
+
+
+class _ToEngineSocket(socketserver.BaseRequestHandler):
+    """Relays one TCP connection to the engine's unix socket, both ways."""
+
+    server: _Relay
+
+    def handle(self) -> None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as engine:
+            engine.connect(self.server.socket_path)
+            back = threading.Thread(target=_pump, args=(engine, self.request), daemon=True)
+            back.start()
+            _pump(self.request, engine)
+            back.join(10)
+
+
+def _pump(source: socket.socket, dest: socket.socket) -> None:
+    try:
+        while data := source.recv(65536):
+            dest.sendall(data)
+        dest.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+
+
+class _Relay(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    socket_path: str
+
+
+@contextmanager
+def engine_on_loopback_tcp(socket_path: str) -> Iterator[str]:
+    """The engine of unix socket `socket_path` at a tcp://127.0.0.1 address, by a relay."""
+    with _Relay(("127.0.0.1", 0), _ToEngineSocket) as relay:
+        relay.socket_path = socket_path
+        thread = threading.Thread(target=relay.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"tcp://127.0.0.1:{relay.server_address[1]}"
+        finally:
+            relay.shutdown()
+
+
+def test_engine_at_a_tcp_address_is_used_like_the_socket(
+    client: docker.DockerClient, engine: Engine
+) -> None:
+    assert engine.host.startswith("unix://")
+    with engine_on_loopback_tcp(engine.host.removeprefix("unix://")) as address:
+        over_tcp = Engine(address, max_pool_size=2)
+        try:
+            info = over_tcp.info()
+            listed = over_tcp.containers({"label": ["calctra.test=none"]})
+            sdk_version = over_tcp.sdk.version()["Version"]
+        finally:
+            over_tcp.close()
+
+    assert info["ID"] == engine.info()["ID"]
+    assert listed == []
+    assert sdk_version == info["ServerVersion"]
+
+
+def test_job_runs_on_an_engine_at_a_tcp_address(harness: Harness, engine: Engine) -> None:
+    with engine_on_loopback_tcp(engine.host.removeprefix("unix://")) as address:
+        runner = harness.runner(settings=harness.settings(docker_host=address))
+        events = Events()
+        spec = job("print('over tcp')")
+
+        runner.start(spec, events)
+        outcome = events.outcome(spec.job_id)
+        wait_idle(runner)
+
+    assert isinstance(outcome, Completed), outcome
+    assert harness.platform.log(spec.job_id) == b"over tcp\n"
 
 
 def test_containers_are_listed_by_label_with_their_state(
