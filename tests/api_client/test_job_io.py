@@ -3,11 +3,9 @@ scripted server, what it does when an answer is wrong or breaks off."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import inspect
 import io
-import itertools
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,11 +25,9 @@ from calctra_agent.errors import (
     ValidationFailed,
 )
 from calctra_agent.runner._interface import JobPlatform
+from tests.api_client.provision import Provision
 from tests.api_client.scripted_server import Reply, ScriptedServer
 from tests.conftest import Account, LiveServer, new_account
-
-# Core counts of this module's own, so that its jobs match no other module's resources.
-_cores = itertools.count(3601)
 
 CSV = b"id,value\n1,2.5\n2,3.75\n"
 
@@ -45,53 +41,14 @@ class Held:
     job_id: str
 
 
-class Provision:
-    """Clients, resources and jobs of one test, removed at the end."""
-
-    def __init__(self, live: LiveServer) -> None:
-        self.live = live
-        self.cores = next(_cores)
-        self.clients: list[CalctraClient] = []
-        self.resources: list[tuple[CalctraClient, str]] = []
-        self.jobs: list[tuple[CalctraClient, str]] = []
-
-    def client(self, token: str) -> CalctraClient:
-        client = CalctraClient(self.live.url, token, max_retries=0)
-        self.clients.append(client)
-        return client
-
-    def agent(self, owner: Account) -> CalctraClient:
-        user = self.client(owner.token)
-        specs = wire.Specs(cpu_cores=self.cores, memory_gb=64, storage_gb=100)
-        request = wire.ResourceRequest(name="io node", specs=specs, price_per_hour=1.0)
-        resource_id = user.create_resource(request).resource_id
-        self.resources.append((user, resource_id))
-        return self.client(user.create_agent_token(resource_id).token)
-
-    def held(self, customer: Account, provider: Account, datasets: tuple[str, ...] = ()) -> Held:
-        agent = self.agent(provider)
-        owner = self.client(customer.token)
-        requirements = wire.Requirements(min_cpu_cores=self.cores, estimated_duration_hours=1)
-        job = wire.JobRequest(
-            name="io job",
-            code="print(1)",
-            requirements=requirements,
-            budget=5.0,
-            datasets=list(datasets),
-        )
-        job_id = owner.create_job(job).job_id
-        self.jobs.append((owner, job_id))
-        agent.accept_offer(job_id)
-        return Held(owner, agent, job_id)
-
-    def close(self) -> None:
-        for owner, job_id in self.jobs:
-            with contextlib.suppress(CalctraError):  # ended already
-                owner.cancel_job(job_id)
-        for user, resource_id in self.resources:
-            user.delete_resource(resource_id)
-        for client in self.clients:
-            client.close()
+def hold(
+    provision: Provision, customer: Account, provider: Account, datasets: tuple[str, ...] = ()
+) -> Held:
+    """A job of `customer`'s, naming `datasets`, accepted by a resource of `provider`'s."""
+    machine = provision.machine(provider)
+    job_id = provision.job(customer, budget=5.0, datasets=datasets)
+    machine.agent.accept_offer(job_id)
+    return Held(provision.client(customer.token), machine.agent, job_id)
 
 
 @dataclass
@@ -111,13 +68,6 @@ def people(server: LiveServer) -> Iterator[People]:
     yield made
     for account in (made.customer, made.provider, made.stranger):
         account.http.close()
-
-
-@pytest.fixture
-def provision(server: LiveServer) -> Iterator[Provision]:
-    made = Provision(server)
-    yield made
-    made.close()
 
 
 def tar_gz(path: Path, files: dict[str, bytes]) -> str:
@@ -155,7 +105,7 @@ def test_agent_downloads_the_dataset_of_the_job_it_holds(
     customer = provision.client(people.customer.token)
     uploaded = customer.upload_dataset(source, name="figures", type="tabular", format="CSV")
     dataset_id = uploaded.dataset_id
-    held = provision.held(people.customer, people.provider, (dataset_id,))
+    held = hold(provision, people.customer, people.provider, (dataset_id,))
     dest = tmp_path / "in" / "figures.csv"
     dest.parent.mkdir()
 
@@ -251,7 +201,7 @@ def test_body_that_breaks_off_is_fetched_again(tmp_path: Path) -> None:
 
 
 def test_agent_appends_logs_and_the_owner_reads_them(provision: Provision, people: People) -> None:
-    held = provision.held(people.customer, people.provider)
+    held = hold(provision, people.customer, people.provider)
 
     first = held.agent.append_job_logs(held.job_id, 0, b"epoch 1\n")
     resent = held.agent.append_job_logs(held.job_id, 0, b"epoch 1\n")
@@ -276,7 +226,7 @@ def test_bad_log_appends_are_refused_before_sending() -> None:
 
 
 def test_stranger_cannot_read_the_logs(provision: Provision, people: People) -> None:
-    held = provision.held(people.customer, people.provider)
+    held = hold(provision, people.customer, people.provider)
 
     with pytest.raises(PermissionDenied):
         provision.client(people.stranger.token).get_job_logs(held.job_id)
@@ -288,7 +238,7 @@ def test_stranger_cannot_read_the_logs(provision: Provision, people: People) -> 
 def test_results_upload_once_and_download_checked(
     provision: Provision, people: People, tmp_path: Path
 ) -> None:
-    held = provision.held(people.customer, people.provider)
+    held = hold(provision, people.customer, people.provider)
     archive = tmp_path / "results.tar.gz"
     digest = tar_gz(archive, {"out/answer.txt": b"42\n"})
     with pytest.raises(NotFound):
@@ -311,7 +261,7 @@ def test_results_upload_once_and_download_checked(
 def test_bad_result_uploads_are_clear_errors(
     provision: Provision, people: People, tmp_path: Path
 ) -> None:
-    held = provision.held(people.customer, people.provider)
+    held = hold(provision, people.customer, people.provider)
     archive = tmp_path / "results.tar.gz"
     tar_gz(archive, {"a": b"a"})
 

@@ -3,8 +3,6 @@ status reports and a claim signed by a wallet loaded from its file."""
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,78 +13,16 @@ from calctra_agent import wallet, wire
 from calctra_agent.api_client import CalctraClient
 from calctra_agent.errors import (
     AuthenticationRequired,
-    CalctraError,
     Conflict,
     PermissionDenied,
 )
+from tests.api_client.provision import Provision
 from tests.conftest import Account, LiveServer, new_account
-
-# Each test's resources and jobs get a core count of their own, larger than any other test
-# module uses, so that no job matches a resource from elsewhere.
-_cores = itertools.count(3001)
 
 HEARTBEAT = wire.HeartbeatRequest(
     agent_version="0.1.0",
     utilization=wire.Utilization(cpu_percent=12.5, memory_used_gb=7.1),
 )
-
-
-@dataclass
-class Machine:
-    """A provider's resource and the agent client that holds its agent token."""
-
-    owner: CalctraClient
-    agent: CalctraClient
-    resource_id: str
-    token_id: str
-
-
-class Provision:
-    """Registers resources for providers and jobs for a customer, all on one core count."""
-
-    def __init__(self, live: LiveServer) -> None:
-        self.live = live
-        self.cores = next(_cores)
-        self.clients: list[CalctraClient] = []
-        self.machines: list[Machine] = []
-        self.jobs: list[tuple[CalctraClient, str]] = []
-
-    def client(self, token: str) -> CalctraClient:
-        client = CalctraClient(self.live.url, token, max_retries=0)
-        self.clients.append(client)
-        return client
-
-    def machine(self, owner: Account, price_per_hour: float = 2.0) -> Machine:
-        user = self.client(owner.token)
-        specs = wire.Specs(cpu_cores=self.cores, memory_gb=64, storage_gb=100)
-        resource = wire.ResourceRequest(
-            name="agent node", specs=specs, price_per_hour=price_per_hour
-        )
-        resource_id = user.create_resource(resource).resource_id
-        issued = user.create_agent_token(resource_id, name="test agent")
-        machine = Machine(user, self.client(issued.token), resource_id, issued.token_id)
-        self.machines.append(machine)
-        return machine
-
-    def job(self, customer: Account, budget: float = 10.0) -> str:
-        requirements = wire.Requirements(min_cpu_cores=self.cores, estimated_duration_hours=1)
-        job = wire.JobRequest(
-            name="agent job", code="print(1)", requirements=requirements, budget=budget
-        )
-        owner = self.client(customer.token)
-        job_id = owner.create_job(job).job_id
-        self.jobs.append((owner, job_id))
-        return job_id
-
-    def close(self) -> None:
-        """Cancel what is still open, so that the resources can go, then delete them."""
-        for owner, job_id in self.jobs:
-            with contextlib.suppress(CalctraError):  # ended already
-                owner.cancel_job(job_id)
-        for machine in self.machines:
-            machine.owner.delete_resource(machine.resource_id)
-        for client in self.clients:
-            client.close()
 
 
 @dataclass
@@ -108,13 +44,6 @@ def people(server: LiveServer) -> Iterator[People]:
     yield made
     for account in (made.customer, made.provider, made.rival):
         account.http.close()
-
-
-@pytest.fixture
-def provision(server: LiveServer) -> Iterator[Provision]:
-    made = Provision(server)
-    yield made
-    made.close()
 
 
 def offered_ids(agent: CalctraClient, wait_s: float = 5) -> list[str]:
